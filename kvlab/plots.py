@@ -1,0 +1,3 @@
+"""matplotlib figures used by the notebooks."""
+
+from __future__ import annotations
