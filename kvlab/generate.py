@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import KVCache
-from .decoder import forward
+from .decoder import forward, prepare
 
 
 @dataclass
@@ -106,6 +106,7 @@ def generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
     check_length(lm, len(prompt_ids), max_new_tokens)
     _check_sampling(temperature, top_k)
     generator = torch.Generator().manual_seed(seed)
+    prepare(lm)  # one-time weight arrangement, kept out of the step timings
     kv = KVCache.for_model(lm, max_len=len(prompt_ids) + max_new_tokens) if cache else None
 
     ids = list(prompt_ids)
