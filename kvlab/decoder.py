@@ -30,9 +30,11 @@ from .cache import KVCache
 # ---------------------------------------------------------------------------------------------
 # Weights: references to the model's own parameters, arranged once for the forward pass.
 # Every projection is stored as [in, out], so applying it is `x @ w` (+ bias). GPT-2 keeps its
-# weights that way already; Llama's [out, in] weights are used through a transposed view.
-# The one copy is the LM head, stored [d, V]: for one token, a matrix-vector product over a
-# [d, V] row-major matrix reads memory in order and is ~1.7x faster on CPU than over [V, d].
+# weights that way already (queries, keys and values in one matrix); Llama's [out, in] weights
+# are used through transposed views. Two copies are made once: Llama's Q, K and V matrices
+# joined into one [in, out] matrix like GPT-2's, and the LM head, stored [d, V]: for one token,
+# a matrix-vector product over a [d, V] row-major matrix reads memory in order and is ~1.7x
+# faster on CPU than over [V, d] (measured: benchmarks/matvec_layout.py).
 
 
 @dataclass
@@ -45,13 +47,9 @@ class Norm:
 @dataclass
 class LayerWeights:
     attn_norm: Norm
-    wq: torch.Tensor  # [d, H*hd]
-    wk: torch.Tensor  # [d, K*hd]
-    wv: torch.Tensor  # [d, K*hd]
+    w_qkv: torch.Tensor  # [d, (H + 2K)*hd]: queries, keys, values side by side
+    b_qkv: torch.Tensor | None
     wo: torch.Tensor  # [H*hd, d]
-    bq: torch.Tensor | None
-    bk: torch.Tensor | None
-    bv: torch.Tensor | None
     bo: torch.Tensor | None
     mlp_norm: Norm
     w_up: torch.Tensor  # [d, d_ff]
@@ -89,14 +87,11 @@ def _prepare_gpt2(lm) -> Weights:
     if lm.model.config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation {lm.model.config.activation_function!r} is not "
                          f"supported; kvlab implements 'gelu_new' (tanh GELU)")
-    d = lm.d_model
     layers = []
     for block in gpt.h:
-        w_qkv, b_qkv = block.attn.c_attn.weight, block.attn.c_attn.bias  # [d, 3d], [3d]
         layers.append(LayerWeights(
             attn_norm=_layer_norm(block.ln_1),
-            wq=w_qkv[:, :d], wk=w_qkv[:, d:2 * d], wv=w_qkv[:, 2 * d:],
-            bq=b_qkv[:d], bk=b_qkv[d:2 * d], bv=b_qkv[2 * d:],
+            w_qkv=block.attn.c_attn.weight, b_qkv=block.attn.c_attn.bias,  # [d, 3d], [3d]
             wo=block.attn.c_proj.weight, bo=block.attn.c_proj.bias,
             mlp_norm=_layer_norm(block.ln_2),
             w_up=block.mlp.c_fc.weight, b_up=block.mlp.c_fc.bias, w_gate=None,
@@ -121,17 +116,17 @@ def _prepare_llama(lm) -> Weights:
                          f"mlp_bias={getattr(config, 'mlp_bias', False)} is not supported; "
                          f"kvlab implements SiLU-gated MLPs without bias")
 
-    def linear(module):  # an nn.Linear as ([in, out] view, bias or None)
-        return module.weight.t(), module.bias
-
     layers = []
     for block in llama.layers:
         attn, mlp = block.self_attn, block.mlp
-        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = (linear(attn.q_proj), linear(attn.k_proj),
-                                                  linear(attn.v_proj), linear(attn.o_proj))
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        biases = [p.bias for p in projections]
         layers.append(LayerWeights(
-            attn_norm=_rms_norm(block.input_layernorm), wq=wq, wk=wk, wv=wv, wo=wo,
-            bq=bq, bk=bk, bv=bv, bo=bo, mlp_norm=_rms_norm(block.post_attention_layernorm),
+            attn_norm=_rms_norm(block.input_layernorm),
+            w_qkv=torch.cat([p.weight for p in projections]).t().contiguous(),  # a copy
+            b_qkv=None if biases[0] is None else torch.cat(biases),
+            wo=attn.o_proj.weight.t(), bo=attn.o_proj.bias,
+            mlp_norm=_rms_norm(block.post_attention_layernorm),
             w_up=mlp.up_proj.weight.t(), b_up=None, w_gate=mlp.gate_proj.weight.t(),
             w_down=mlp.down_proj.weight.t(), b_down=None,
         ))
@@ -201,9 +196,11 @@ def attention(x: torch.Tensor, layer: LayerWeights, w: Weights, layer_index: int
 
     Returns the output [B, n, d] and the attention probabilities [B, H, n, T].
     """
-    q = split_heads(project(x, layer.wq, layer.bq), w.n_heads)  # [B, H, n, hd]
-    k = split_heads(project(x, layer.wk, layer.bk), w.n_kv_heads)  # [B, K, n, hd]
-    v = split_heads(project(x, layer.wv, layer.bv), w.n_kv_heads)  # [B, K, n, hd]
+    qkv = project(x, layer.w_qkv, layer.b_qkv)  # [B, n, (H + 2K)*hd]
+    q, k, v = qkv.split([w.n_heads * w.head_dim] + [w.n_kv_heads * w.head_dim] * 2, dim=-1)
+    q = split_heads(q, w.n_heads)  # [B, H, n, hd]
+    k = split_heads(k, w.n_kv_heads)  # [B, K, n, hd]
+    v = split_heads(v, w.n_kv_heads)  # [B, K, n, hd]
     if rope is not None:  # rotate queries and keys by their positions; keys before caching
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     if cache is not None:

@@ -201,16 +201,23 @@ def _load_named(name: str) -> LoadedModel:
                      f"Llama family checkpoint.")
 
 
+def hub_cache_dir() -> str | None:
+    """A prepared hub cache inside KVLAB_HOME (`prepare --to DIR`), else None (HF's own)."""
+    folder = kvlab_home() / "hub"
+    return str(folder) if folder.is_dir() else None
+
+
 def _hub_cached(hub_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(hub_id, "config.json")
+    found = try_to_load_from_cache(hub_id, "config.json", cache_dir=hub_cache_dir())
     return isinstance(found, str)
 
 
 def _load_hub(name: str, hub_id: str) -> LoadedModel:
     if _hub_cached(hub_id):
-        return _from_pretrained(name, "cache", hub_id, local_only=True)
+        return _from_pretrained(name, "cache", hub_id, local_only=True,
+                                cache_dir=hub_cache_dir())
     ok, why = hub_reachable()
     if not ok:
         raise ModelError(
@@ -218,7 +225,7 @@ def _load_hub(name: str, hub_id: str) -> LoadedModel:
             f"unavailable: {why}. While online, run `python -m kvlab prepare {name}` once "
             f"(or copy a prepared cache folder and point HF_HOME at it). Offline, the bundled "
             f"model works: load('{OFFLINE_MODEL}') or set KVLAB_MODEL={OFFLINE_MODEL}.")
-    return _from_pretrained(name, "hub", hub_id, local_only=False)
+    return _from_pretrained(name, "hub", hub_id, local_only=False, cache_dir=hub_cache_dir())
 
 
 def _from_pretrained(name: str, source: str, where: str, *, local_only: bool,
@@ -367,3 +374,24 @@ def available() -> list[tuple[str, str, bool, str]]:
             rows.append((name, kind, have, "random weights, real tokenizer" if have
                          else f"missing tokenizer package {need}"))
     return rows
+
+
+def prepare_models(names: list[str], to: str | None = None) -> list[str]:
+    """Fetch (hub) or convert (bundled) each model into the caches; one status line each.
+
+    With `to`, everything goes into that one folder (hub models under `to/hub`, converted
+    ones under `to/models`): copy it to lab machines and set KVLAB_HOME to it.
+    """
+    if to is not None:
+        os.environ["KVLAB_HOME"] = str(Path(to).expanduser().resolve())
+        (kvlab_home() / "hub").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name in names:
+        try:
+            lm = load(name, verbose=False)
+            lines.append(f"{name}: ready ({lm.source}, {lm.n_params / 1e6:.0f}M parameters)")
+        except ModelError as err:
+            lines.append(f"{name}: NOT prepared: {err}")
+    where = f"KVLAB_HOME={kvlab_home()}" if to is not None else "the default caches"
+    lines.append(f"models are in {where}")
+    return lines
