@@ -248,11 +248,13 @@ class ForwardOutput:
 
 @torch.inference_mode()
 def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = False,
-            record_attention: bool = False) -> ForwardOutput:
+            record_attention: bool = False,
+            positions: torch.Tensor | None = None) -> ForwardOutput:
     """Run the new tokens through the model, reusing and extending `cache` if one is given.
 
     token_ids: [B, n] (or a list of ids for B = 1). With a cache holding P positions, the new
     tokens take positions P .. P+n-1; without one, the ids are the whole sequence.
+    `positions` overrides that, only to show what goes wrong when positions are off.
     """
     w = prepare(lm)
     token_ids = _as_batch(token_ids)
@@ -261,7 +263,8 @@ def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = Fa
     if n_cached + n_new > w.max_positions:
         raise ValueError(f"{n_cached + n_new} positions exceed {lm.name}'s context limit of "
                          f"{w.max_positions} tokens")
-    positions = torch.arange(n_cached, n_cached + n_new)  # [n]
+    if positions is None:
+        positions = torch.arange(n_cached, n_cached + n_new)  # [n]: P .. P+n-1
     rope = rope_tables(w, positions) if w.rope_inv_freq is not None else None
 
     x = embed(w, token_ids, positions)  # [B, n, d]

@@ -202,7 +202,7 @@ def hf_generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
 
 
 def _hf_cache_bytes(out) -> int:
-    cache = getattr(out, "past_key_values", None)
+    cache = out.get("cache")  # transformers 5 names it `cache` (was `past_key_values`)
     if cache is None:
         return 0
     return sum(layer.keys.numel() * layer.keys.element_size()

@@ -1,0 +1,37 @@
+"""The command line: models, generate, bench --json, prepare, and its error messages."""
+
+import json
+
+from kvlab.__main__ import main
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "random:tiny-llama" in out and "distilgpt2" in out
+
+
+def test_generate_cached_and_uncached_agree(capsys):
+    assert main(["generate", "random:tiny-llama", "Once upon", "-n", "5"]) == 0
+    cached = capsys.readouterr().out.splitlines()[1]
+    assert main(["generate", "random:tiny-llama", "Once upon", "-n", "5", "--no-cache"]) == 0
+    uncached = capsys.readouterr().out.splitlines()[1]
+    assert cached == uncached and cached.startswith("Once upon")
+
+
+def test_bench_json(tmp_path, capsys):
+    path = tmp_path / "b.json"
+    assert main(["bench", "random:tiny-gpt2", "--prompt-len", "8", "--new-tokens", "4",
+                 "--repeats", "1", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kvlab-cache / hf-cache per token" in out and "tokens identical: True" in out
+    data = json.loads(path.read_text())
+    assert [r["mode"] for r in data["results"]] == ["kvlab-cache", "kvlab-nocache", "hf-cache",
+                                                     "hf-nocache", "floor"]
+
+
+def test_errors_are_one_clear_line(capsys):
+    assert main(["generate", "nope-model", "hi"]) == 2
+    assert "error: unknown model 'nope-model'" in capsys.readouterr().err
+    assert main(["generate", "random:tiny-gpt2", "hi", "-n", "300"]) == 2
+    assert "context limit of 256" in capsys.readouterr().err
