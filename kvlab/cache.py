@@ -29,7 +29,8 @@ class KVCache:
     @classmethod
     def for_model(cls, lm, max_len: int, batch: int = 1) -> KVCache:
         """An empty cache shaped for a loaded model."""
-        return cls(lm.n_layers, lm.n_kv_heads, lm.head_dim, max_len, batch, lm.dtype)
+        device = next(lm.model.parameters()).device
+        return cls(lm.n_layers, lm.n_kv_heads, lm.head_dim, max_len, batch, lm.dtype, device)
 
     def append(self, layer: int, new_keys: torch.Tensor, new_values: torch.Tensor):
         """Store the new positions' keys/values of one layer; return all keys/values so far.

@@ -174,14 +174,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated_half * sin
 
 
-def causal_mask(n_new: int, n_total: int) -> torch.Tensor:
+def causal_mask(n_new: int, n_total: int, device=None) -> torch.Tensor:
     """Which keys each new query may see: [n_new, n_total] booleans, True = visible.
 
     The new queries are the last n_new positions, so this is the last n_new rows of the full
     lower-triangular T x T mask (aligned bottom-right): query i sees keys 0 .. P+i.
     """
     n_cached = n_total - n_new
-    return torch.ones(n_new, n_total, dtype=torch.bool).tril(diagonal=n_cached)
+    return torch.ones(n_new, n_total, dtype=torch.bool, device=device).tril(diagonal=n_cached)
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -212,7 +212,7 @@ def attention(x: torch.Tensor, layer: LayerWeights, w: Weights, layer_index: int
     n_new, n_total = q.shape[2], k.shape[2]
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(w.head_dim)  # [B, H, n, T]
     if n_new > 1:  # a single new query may see every key: no mask needed
-        scores = scores.masked_fill(~causal_mask(n_new, n_total), float("-inf"))
+        scores = scores.masked_fill(~causal_mask(n_new, n_total, x.device), float("-inf"))
     probs = scores.softmax(dim=-1)  # [B, H, n, T]
     out = (probs @ v).transpose(1, 2).reshape(x.shape[0], n_new, -1)  # [B, n, H*hd]
     return project(out, layer.wo, layer.bo), probs  # [B, n, d]
@@ -257,7 +257,8 @@ def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = Fa
     `positions` overrides that, only to show what goes wrong when positions are off.
     """
     w = prepare(lm)
-    token_ids = _as_batch(token_ids)
+    device = w.token_embedding.device
+    token_ids = _as_batch(token_ids).to(device)
     n_cached = cache.length if cache is not None else 0
     n_new = token_ids.shape[1]
     if n_cached + n_new > w.max_positions:
@@ -265,6 +266,7 @@ def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = Fa
                          f"{w.max_positions} tokens")
     if positions is None:
         positions = torch.arange(n_cached, n_cached + n_new)  # [n]: P .. P+n-1
+    positions = positions.to(device)
     rope = rope_tables(w, positions) if w.rope_inv_freq is not None else None
 
     x = embed(w, token_ids, positions)  # [B, n, d]

@@ -187,7 +187,8 @@ def hf_generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
         torch.manual_seed(seed)
         with torch.inference_mode():
             start = time.perf_counter_ns()
-            out = model.generate(torch.tensor([prompt_ids]), streamer=clock, **options)
+            out = model.generate(torch.tensor([prompt_ids], device=model.device),
+                                 streamer=clock, **options)
     finally:
         model.set_attn_implementation(previous)
     # clock.times_ns[0] is the prompt being streamed out, then one stamp per new token

@@ -94,6 +94,12 @@ class LoadedModel:
                 f"{self.n_layers} layers x {heads}, {self.n_params / 1e6:.0f}M parameters, "
                 f"{str(self.dtype).replace('torch.', '')}, context {self.max_positions}")
 
+    def to(self, device: str | torch.device) -> LoadedModel:
+        """Move the model to a device (e.g. "cuda"); the decoder's weights follow."""
+        self.model.to(device)
+        self.prepared = None  # rebuilt on the new device at the next forward
+        return self
+
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without special tokens added."""
         return self.tokenizer.encode(text, add_special_tokens=False)
