@@ -26,9 +26,12 @@ def cmd_prepare(args) -> int:
     if not names:
         print("name at least one model, or --all", file=sys.stderr)
         return 2
-    for line in prepare_models(names, args.to):
-        print(line)
-    return 0
+    results = prepare_models(names, args.to)
+    for name, _, message in results:
+        print(f"{name}: {message}")
+    where = f"KVLAB_HOME={args.to}" if args.to else "the default caches"
+    print(f"models are in {where}")
+    return 0 if all(ok for _, ok, _ in results) else 1
 
 
 def cmd_generate(args) -> int:

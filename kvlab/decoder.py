@@ -155,9 +155,9 @@ def norm(x: torch.Tensor, p: Norm) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x @ w (+ b): a linear layer with w stored [in, out]."""
-    return x @ w if b is None else torch.addmm(b, x.view(-1, x.shape[-1]), w).view(
-        *x.shape[:-1], w.shape[1])
+    """A linear layer, w stored [in, out]: x [..., in] -> x @ w (+ b) [..., out]."""
+    out = x @ w
+    return out if b is None else out + b
 
 
 def rope_tables(w: Weights, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +224,7 @@ def mlp(x: torch.Tensor, layer: LayerWeights) -> torch.Tensor:
     if layer.w_gate is None:
         hidden = F.gelu(up, approximate="tanh")  # GPT-2's "gelu_new"
     else:
-        hidden = F.silu(x @ layer.w_gate) * up
+        hidden = F.silu(project(x, layer.w_gate, None)) * up
     return project(hidden, layer.w_down, layer.b_down)  # [B, n, d]
 
 

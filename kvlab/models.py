@@ -382,8 +382,8 @@ def available() -> list[tuple[str, str, bool, str]]:
     return rows
 
 
-def prepare_models(names: list[str], to: str | None = None) -> list[str]:
-    """Fetch (hub) or convert (bundled) each model into the caches; one status line each.
+def prepare_models(names: list[str], to: str | None = None) -> list[tuple[str, bool, str]]:
+    """Fetch (hub) or convert (bundled) each model into the caches: (name, ok, message) each.
 
     With `to`, everything goes into that one folder (hub models under `to/hub`, converted
     ones under `to/models`): copy it to lab machines and set KVLAB_HOME to it.
@@ -391,13 +391,12 @@ def prepare_models(names: list[str], to: str | None = None) -> list[str]:
     if to is not None:
         os.environ["KVLAB_HOME"] = str(Path(to).expanduser().resolve())
         (kvlab_home() / "hub").mkdir(parents=True, exist_ok=True)
-    lines = []
+    results = []
     for name in names:
         try:
             lm = load(name, verbose=False)
-            lines.append(f"{name}: ready ({lm.source}, {lm.n_params / 1e6:.0f}M parameters)")
+            results.append((name, True, f"ready ({lm.source}, {lm.n_params / 1e6:.0f}M "
+                                        f"parameters)"))
         except ModelError as err:
-            lines.append(f"{name}: NOT prepared: {err}")
-    where = f"KVLAB_HOME={kvlab_home()}" if to is not None else "the default caches"
-    lines.append(f"models are in {where}")
-    return lines
+            results.append((name, False, f"NOT prepared: {err}"))
+    return results

@@ -111,7 +111,7 @@ def test_available_lists_every_registry_entry():
 
 def test_prepare_to_folder_fills_it(tmp_path, monkeypatch):
     monkeypatch.setenv("KVLAB_HOME", str(tmp_path / "unused"))
-    lines = models.prepare_models(["random:tiny-gpt2"], to=str(tmp_path / "room"))
-    assert lines[0].startswith("random:tiny-gpt2: ready")
+    [(name, ok, message)] = models.prepare_models(["random:tiny-gpt2"], to=str(tmp_path / "room"))
+    assert (name, ok) == ("random:tiny-gpt2", True) and message.startswith("ready")
     assert (tmp_path / "room" / "tokenizers" / "gpt2" / "vocab.json").exists()
     assert (tmp_path / "room" / "hub").is_dir()
