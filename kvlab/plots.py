@@ -27,7 +27,7 @@ def cache_step_figure(stepper, layer: int, head: int, step: int | None = None):
     labels = [f"{p}: {token_text(stepper.lm, t)}"
               for p, t in enumerate(stepper.ids[:n_total])]
 
-    height = min(9.0, 1.6 + 0.22 * n_total)
+    height = min(9.0, max(3.2, 1.6 + 0.22 * n_total))
     fig, (ax_k, ax_v, ax_a) = plt.subplots(
         1, 3, figsize=(12, height), sharey=True, gridspec_kw=dict(width_ratios=[3, 3, 2]))
     kv_head = stepper.kv_head_of(head)
