@@ -123,8 +123,7 @@ def _check_one_append(KVCache, append_fn, n_cached: int, n_new: int) -> CheckRes
     if not (isinstance(result, tuple | list) and len(result) == 2):
         return wrong(f"your function returned {type(result).__name__}, not a pair "
                      f"(keys, values) {where}",
-                     "end with: return cache.keys[layer][:, :, :end], "
-                     "cache.values[layer][:, :, :end]")
+                     "return two tensors: the keys and the values of all positions so far")
     keys, values = result
     end = n_cached + n_new
     if cache.length != n_cached:
@@ -284,6 +283,11 @@ def check_cache_size(answer, model: str = "Llama-3-8B", n_tokens: int = 8192, ba
         return kv * n_layers * kv_heads * head_dim * tokens * n_batch * element_bytes
 
     expected = size()
+    if answer <= 0:
+        return wrong(f"{answer:,} bytes: a cache holding {n_tokens:,} tokens takes more "
+                     f"than that",
+                     "2 (keys and values) x layers x KV heads x head_dim x tokens x batch x "
+                     "bytes per element")
     if answer == expected:
         return correct(f"{model} holds {expected:,} bytes of keys and values for {n_tokens:,} "
                        f"tokens (batch {batch}, {dtype})")

@@ -202,7 +202,10 @@ def hf_generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
 
 
 def _hf_cache_bytes(out) -> int:
-    cache = getattr(out, "past_key_values", None)
+    # transformers >= 5.x names it `cache`; reading the old `past_key_values` logs a warning
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
     if cache is None:
         return 0
     return sum(layer.keys.numel() * layer.keys.element_size()

@@ -30,12 +30,13 @@ def errors_shown_in(output: widgets.Output):
 # Notebook 02 (cache mechanics): the decode stepper panel and the cache size calculator
 # =============================================================================================
 
+import inspect  # noqa: E402
 from html import escape  # noqa: E402  (kept in this section to keep merges easy)
 
 import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import clear_output  # noqa: E402
+from IPython.display import Markdown, clear_output  # noqa: E402
 
-from .bench import DTYPE_BYTES, PRESETS, spec_of  # noqa: E402
+from .bench import DTYPE_BYTES, PRESETS, ModelSpec, spec_of  # noqa: E402
 from .memory import cache_size, dtype_bytes, human_bytes, reshaped  # noqa: E402
 from .plots import cache_step_figure, token_text  # noqa: E402
 from .stepper import DecodeStepper  # noqa: E402
@@ -48,6 +49,39 @@ def _table_html(rows, header=None) -> str:
     body = "".join("<tr>" + "".join(f"<td {cell}>{escape(str(c))}</td>" for c in row)
                    + "</tr>" for row in rows)
     return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+
+
+def code_block(obj) -> Markdown:
+    """The source of a kvlab function or class, read from the installed file (never a copy)."""
+    return Markdown(f"```python\n{inspect.getsource(obj)}```")
+
+
+def shapes_html(stepper, steps: list[int]) -> HTML:
+    """The tensor shapes of several steps side by side (e.g. the prefill and a decode step)."""
+    tables = [stepper.shapes(step) for step in steps]
+    header = ["tensor"] + [f"step {s} ({stepper.record(s).kind})" for s in steps]
+    rows = [[name] + ["[" + ", ".join(map(str, table[i][1])) + "]" for table in tables]
+            for i, (name, _, _) in enumerate(tables[0])]
+    return HTML(_table_html(rows, header))
+
+
+def comparison_html(comparison, lm) -> HTML:
+    """An exactness.RunComparison as a table: step, both tokens, largest logit difference."""
+    header = ["step", comparison.label_a, comparison.label_b, "largest |logit difference|"]
+    return HTML(_table_html(comparison.table(lm.decode), header))
+
+
+def gqa_html(specs: list[ModelSpec], n_tokens: int, dtype: str = "float32") -> HTML:
+    """Cache bytes of each model as built vs with one KV head per query head."""
+    rows = []
+    for spec in specs:
+        size = cache_size(spec, n_tokens, 1, dtype)
+        rows.append([spec.name, spec.n_heads, spec.n_kv_heads, human_bytes(size.cache_bytes),
+                     human_bytes(size.multi_head_cache_bytes),
+                     f"{size.multi_head_cache_bytes / size.cache_bytes:.0f}x"])
+    header = ["model", "query heads", "KV heads", f"cache, {n_tokens:,} tokens ({dtype})",
+              "with full multi-head", "multi-head / actual"]
+    return HTML(_table_html(rows, header))
 
 
 class StepperPanel(widgets.VBox):
@@ -210,6 +244,11 @@ class CacheCalculator(widgets.VBox):
                             head_dim=self.head_dim.value)
             size = cache_size(spec, self.context.value, self.batch.value, self.dtype.value)
             self.result.value = _size_html(size)
+
+
+def size_table(size) -> HTML:
+    """A memory.CacheSize as a table: cache, per token, weights, multi-head equivalent."""
+    return HTML(_size_html(size))
 
 
 def _size_html(size) -> str:

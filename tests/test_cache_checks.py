@@ -150,6 +150,7 @@ def test_cache_size_solution_is_correct():
     (2 * 8 * 128 * 8192 * 2, "one layer"),
     (1.0, "GiB"),
     (12345, "not it"),
+    (0, "takes more than that"),
     ("1 GiB", "expected a number"),
     (float("nan"), "NaN"),
 ])

@@ -75,4 +75,4 @@ def test_without_a_causal_mask_earlier_keys_would_change(lm, monkeypatch):
         return torch.ones(n_new, n_total, dtype=torch.bool)
 
     monkeypatch.setattr(decoder, "causal_mask", sees_everything)
-    assert earlier_kv_change(lm, PROMPT).max_diff > 1e-4  # layer 2's inputs now change
+    assert earlier_kv_change(lm, PROMPT).max_diff > 1e-4  # keys from layer 1 on now change
