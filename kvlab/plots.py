@@ -52,10 +52,13 @@ def cache_step_figure(stepper, layer: int, head: int, step: int | None = None):
         ax_a.set_xlabel("attention weight")
         ax_a.set_title(f"the new query (head {head}) over\nall {n_total} keys", fontsize=10)
     else:  # the prefill: every prompt position is a query; keys down, queries across
+        first = record.first_query_kept  # a very long prefill keeps only its last rows
         ax_a.imshow(probs.T.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1,
-                    interpolation="nearest")
+                    interpolation="nearest", extent=(first - 0.5, n_total - 0.5,
+                                                     n_total - 0.5, -0.5))
         ax_a.set_xlabel("query position")
-        ax_a.set_title(f"prefill: {record.n_new} queries (head {head})\n"
+        shown = "" if first == 0 else f"last {n_total - first} of "
+        ax_a.set_title(f"prefill: {shown}{record.n_new} queries (head {head})\n"
                        "over keys (causal)", fontsize=10)
     ax_a.set_ylim(n_total - 0.5, -0.5)
     fig.suptitle(f"step {record.index} ({record.kind}): {record.n_cached} positions reused, "

@@ -18,6 +18,10 @@ from .cache import KVCache
 from .decoder import forward, prepare
 from .generate import check_length, pick_next, prompt_to_ids
 
+# The attention maps of a long prefill are big (layers x heads x n x n floats): beyond this
+# many bytes only the last query rows of each map are kept (the last row chooses the token).
+ATTENTION_BUDGET_BYTES = 64 * 2 ** 20
+
 
 @dataclass
 class StepRecord:
@@ -28,7 +32,7 @@ class StepRecord:
     n_cached: int  # P: positions already in the cache before this step (reused)
     next_id: int  # the token chosen from the last position's logits (greedy)
     logits: torch.Tensor  # [V], the last position's logits
-    attentions: list[torch.Tensor]  # per layer [H, n, T]: new queries over all keys so far
+    attentions: list[torch.Tensor]  # per layer [H, rows, T]: the last `rows` new queries
     flops: int  # FLOPs of this step with the cache (cost model)
     flops_recomputing: int  # FLOPs of the same step without a cache (whole sequence again)
 
@@ -45,6 +49,11 @@ class StepRecord:
     def n_total(self) -> int:
         """T = P + n: keys and values attended over at this step."""
         return self.n_cached + self.n_new
+
+    @property
+    def first_query_kept(self) -> int:
+        """Position of the first query row kept in `attentions` (P unless a long prefill)."""
+        return self.n_total - self.attentions[0].shape[1]
 
     @property
     def positions(self) -> range:
@@ -85,7 +94,7 @@ class DecodeStepper:
         record = StepRecord(
             index=len(self.steps), fed_ids=list(fed), n_cached=n_cached,
             next_id=pick_next(logits, 0.0, None, None), logits=logits,
-            attentions=[probs[0] for probs in out.attentions],  # per layer [H, n, T]
+            attentions=_kept_rows(out.attentions),  # per layer [H, rows <= n, T]
             flops=self._flops(n_cached, len(fed), cached=True),
             flops_recomputing=self._flops(n_cached, len(fed), cached=False))
         self.steps.append(record)
@@ -142,7 +151,11 @@ class DecodeStepper:
         return keys, values
 
     def attention(self, layer: int, head: int, step: int | None = None) -> torch.Tensor:
-        """Attention of the step's new queries over all keys so far: [n, T]."""
+        """Attention of the step's new queries over all keys so far: [rows, T].
+
+        rows = n, except for a prefill too long to keep whole: then its last rows only
+        (from position `record.first_query_kept`).
+        """
         self._check_index("layer", layer, self.lm.n_layers)
         self._check_index("head", head, self.lm.n_heads)
         return self.record(step).attentions[layer][head]
@@ -187,3 +200,11 @@ class DecodeStepper:
             ("logits (last position)", (batch, lm.vocab_size), "scores for the next token"),
         ]
         return rows
+
+
+def _kept_rows(per_layer: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's [1, H, n, T] attention without the batch dimension, within the budget."""
+    layers, _, heads, n_new, n_total = len(per_layer), *per_layer[0].shape
+    row_bytes = layers * heads * n_total * per_layer[0].element_size()
+    rows = max(1, min(n_new, ATTENTION_BUDGET_BYTES // row_bytes))
+    return [probs[0, :, n_new - rows:].clone() for probs in per_layer]

@@ -169,3 +169,18 @@ def test_bad_indices_name_the_value_and_the_range(lm):
         stepper.keys_values(lm.n_layers, 0)
     with pytest.raises(ValueError, match="head must be"):
         stepper.attention(0, -1)
+
+
+def test_a_long_prefill_keeps_only_the_last_attention_rows(lm, monkeypatch):
+    import kvlab.stepper
+
+    n_prompt = len(lm.encode(PROMPT))
+    row_bytes = lm.n_layers * lm.n_heads * n_prompt * 4
+    monkeypatch.setattr(kvlab.stepper, "ATTENTION_BUDGET_BYTES", 3 * row_bytes)
+    stepper = DecodeStepper(lm, PROMPT, max_new_tokens=2)
+    record = stepper.step()
+    assert stepper.attention(0, 0).shape == (3, n_prompt)
+    assert record.first_query_kept == n_prompt - 3
+    full = kvlab.generate(lm, PROMPT, 1, record_attention=True).attentions[0][0][0]  # [n, T]
+    assert torch.equal(stepper.attention(0, 0), full[-3:])
+    assert stepper.step().first_query_kept == n_prompt  # decode steps keep their one row
