@@ -234,7 +234,7 @@ def _check_one_mask(mask_fn, n_new: int, n_cached: int) -> CheckResult | None:
                      f"key 0, so it ignores the {n_cached} cached positions it should read",
                      f"the new queries sit at positions {n_cached}..{n_total - 1}: they are the "
                      f"LAST {n_new} rows of the full {n_total}x{n_total} lower-triangular mask "
-                     f"(shift the diagonal by n_cached: tril(diagonal=n_cached))")
+                     f"(tril's `diagonal` argument shifts the triangle to the right)")
     if torch.equal(got, ~expected):
         return wrong(f"your mask is inverted {where}: True must mean 'may see'",
                      "query i sees key j when j <= n_cached + i")
