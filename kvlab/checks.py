@@ -60,3 +60,267 @@ def solution(name: str) -> Solution:
     if name not in SOLUTIONS:
         raise KeyError(f"no exercise named {name!r}; known: {', '.join(sorted(SOLUTIONS))}")
     return Solution(SOLUTIONS[name].strip())
+
+
+# =============================================================================================
+# Notebook 02 (cache mechanics): the cache append, the causal mask with a cache, cache bytes
+# =============================================================================================
+
+import torch  # noqa: E402  (kept inside this section so merges with other sections stay easy)
+
+
+def _call_student(fn, *args):
+    """Run the student's function; (result, None) or (None, a CheckResult saying what raised)."""
+    try:
+        return fn(*args), None
+    except Exception as err:  # the student's code may raise anything; report it, don't crash
+        return None, wrong(f"your function raised {type(err).__name__}: {err}",
+                           "run it on a small example and print the shapes")
+
+
+# -- Exercise: the cache append for one layer ------------------------------------------------
+
+
+def check_cache_append(append_fn) -> CheckResult:
+    """Check `append_fn(cache, layer, new_keys, new_values) -> (keys, values)` on small caches.
+
+    It must write the new positions' keys/values into `cache.keys[layer]` and
+    `cache.values[layer]` at positions cache.length .. cache.length+n-1, leave everything
+    else untouched, and return the keys/values of all positions so far.
+    """
+    from .cache import KVCache
+
+    if not callable(append_fn):
+        return wrong(f"expected your function, got {type(append_fn).__name__}",
+                     "pass the function itself: check_cache_append(my_append)")
+    for n_cached, n_new in [(5, 1), (5, 3), (0, 4)]:
+        verdict = _check_one_append(KVCache, append_fn, n_cached, n_new)
+        if verdict is not None:
+            return verdict
+    return correct("the new keys and values land at positions P..P+n-1 of the right layer, "
+                   "earlier positions stay as they were, and all P+n positions come back")
+
+
+def _check_one_append(KVCache, append_fn, n_cached: int, n_new: int) -> CheckResult | None:
+    batch, kv_heads, head_dim, layer = 1, 2, 4, 1
+    generator = torch.Generator().manual_seed(n_cached * 10 + n_new)
+    cache = KVCache(n_layers=3, n_kv_heads=kv_heads, head_dim=head_dim, max_len=12)
+    for index in range(cache.n_layers):  # P positions already cached in every layer
+        shape = (batch, kv_heads, n_cached, head_dim)
+        cache.keys[index][:, :, :n_cached] = torch.randn(shape, generator=generator)
+        cache.values[index][:, :, :n_cached] = torch.randn(shape, generator=generator)
+    cache.length = n_cached
+    before_keys = [t.clone() for t in cache.keys]
+    before_values = [t.clone() for t in cache.values]
+    new_keys = torch.randn(batch, kv_heads, n_new, head_dim, generator=generator)
+    new_values = torch.randn(batch, kv_heads, n_new, head_dim, generator=generator)
+    where = f"(P={n_cached} cached positions, n={n_new} new)"
+
+    result, failure = _call_student(append_fn, cache, layer, new_keys.clone(),
+                                    new_values.clone())
+    if failure is not None:
+        return failure
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        return wrong(f"your function returned {type(result).__name__}, not a pair "
+                     f"(keys, values) {where}",
+                     "return two tensors: the keys and the values of all positions so far")
+    keys, values = result
+    end = n_cached + n_new
+    if cache.length != n_cached:
+        return wrong(f"cache.length changed from {n_cached} to {cache.length} {where}",
+                     "the append of one layer leaves cache.length alone: forward() calls "
+                     "cache.advance(n) once, after every layer has appended")
+    stored_keys = cache.keys[layer][:, :, n_cached:end]
+    stored_values = cache.values[layer][:, :, n_cached:end]
+    if torch.equal(stored_keys, new_values) and torch.equal(stored_values, new_keys):
+        return wrong(f"keys and values are swapped in the cache {where}",
+                     "new_keys go into cache.keys[layer], new_values into cache.values[layer]")
+    if not (torch.equal(stored_keys, new_keys) and torch.equal(stored_values, new_values)):
+        if n_cached and torch.equal(cache.keys[layer][:, :, :n_new], new_keys):
+            return wrong(f"the new keys were written at positions 0..{n_new - 1}, over "
+                         f"cached ones {where}",
+                         "the new tokens come after the P cached ones: start at "
+                         "cache.length, i.e. [:, :, cache.length:cache.length + n_new]")
+        return wrong(f"positions {n_cached}..{end - 1} of cache.keys[{layer}] / "
+                     f"cache.values[{layer}] do not hold the new keys/values {where}",
+                     "write into the preallocated tensors in place: "
+                     "cache.keys[layer][:, :, start:end] = new_keys (dimension 2 is position)")
+    for index in range(cache.n_layers):
+        untouched_keys = before_keys[index].clone()
+        untouched_values = before_values[index].clone()
+        if index == layer:  # only the new rows of this layer may change
+            untouched_keys[:, :, n_cached:end] = cache.keys[index][:, :, n_cached:end]
+            untouched_values[:, :, n_cached:end] = cache.values[index][:, :, n_cached:end]
+        if not (torch.equal(cache.keys[index], untouched_keys)
+                and torch.equal(cache.values[index], untouched_values)):
+            return wrong(f"layer {index}'s cache changed outside positions "
+                         f"{n_cached}..{end - 1} of layer {layer} {where}",
+                         "touch only cache.keys[layer] and cache.values[layer], and only the "
+                         "new positions: earlier keys/values never change")
+    expected_shape = (batch, kv_heads, end, head_dim)
+    for label, got, full in [("keys", keys, cache.keys[layer]),
+                             ("values", values, cache.values[layer])]:
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != expected_shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return wrong(f"the returned {label} have shape {shape}; expected "
+                         f"{list(expected_shape)}: all P+n positions so far {where}",
+                         "return the filled part of the cache, cache.keys[layer][:, :, :end], "
+                         "not only the new positions and not the whole preallocated tensor")
+        if not torch.equal(got, full[:, :, :end]):
+            return wrong(f"the returned {label} differ from the cache's first {end} "
+                         f"positions {where}",
+                         "return slices of the cache tensors after writing into them")
+    return None
+
+
+SOLUTIONS["cache_append"] = """
+def my_append(cache, layer, new_keys, new_values):
+    start = cache.length                    # P: positions already cached
+    end = start + new_keys.shape[2]         # P + n
+    cache.keys[layer][:, :, start:end] = new_keys      # [B, K, n, hd] into place
+    cache.values[layer][:, :, start:end] = new_values
+    return cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # [B, K, P+n, hd]
+"""
+
+
+# -- Exercise: the causal mask for n new queries over P cached positions ---------------------
+
+
+def check_causal_mask(mask_fn) -> CheckResult:
+    """Check `mask_fn(n_new, n_cached)` -> [n_new, n_cached + n_new] booleans, True = visible."""
+    if not callable(mask_fn):
+        return wrong(f"expected your function, got {type(mask_fn).__name__}",
+                     "pass the function itself: check_causal_mask(my_mask)")
+    for n_new, n_cached in [(3, 7), (1, 7), (4, 0), (2, 5)]:
+        verdict = _check_one_mask(mask_fn, n_new, n_cached)
+        if verdict is not None:
+            return verdict
+    return correct("new query i (at position P+i) sees keys 0..P+i: the last n rows of the "
+                   "full lower-triangular mask")
+
+
+def _check_one_mask(mask_fn, n_new: int, n_cached: int) -> CheckResult | None:
+    n_total = n_cached + n_new
+    where = f"(n={n_new} new queries, P={n_cached} cached positions)"
+    got, failure = _call_student(mask_fn, n_new, n_cached)
+    if failure is not None:
+        return failure
+    try:
+        got = torch.as_tensor(got)
+    except (TypeError, ValueError, RuntimeError):
+        return wrong(f"your function returned {type(got).__name__}, not a tensor {where}",
+                     "return a torch tensor of booleans, shape [n_new, n_cached + n_new]")
+    if got.dtype.is_floating_point and bool((got == float("-inf")).any()):
+        return wrong(f"your mask holds -inf values {where}; this exercise wants booleans",
+                     "return True where a query may see a key and False elsewhere")
+    if tuple(got.shape) == (n_total, n_new) and n_total != n_new:
+        return wrong(f"your mask has shape {list(got.shape)}: rows and columns swapped {where}",
+                     "one row per new query, one column per key: [n_new, n_cached + n_new]")
+    if tuple(got.shape) != (n_new, n_total):
+        return wrong(f"your mask has shape {list(got.shape)}; expected [{n_new}, {n_total}] "
+                     f"{where}",
+                     "one row per new query (n_new rows), one column per key, cached and "
+                     "new (n_cached + n_new columns)")
+    if not bool(((got == 0) | (got == 1)).all()):
+        return wrong(f"your mask holds values other than True/False (0/1) {where}",
+                     "build it from torch.ones(..., dtype=torch.bool)")
+    got = got.bool()
+    expected = torch.ones(n_new, n_total, dtype=torch.bool).tril(diagonal=n_cached)
+    if torch.equal(got, expected):
+        return None
+    top_left = torch.ones(n_new, n_total, dtype=torch.bool).tril(diagonal=0)
+    if n_cached and torch.equal(got, top_left):
+        return wrong(f"your mask is aligned top-left {where}: the first new query sees only "
+                     f"key 0, so it ignores the {n_cached} cached positions it should read",
+                     f"the new queries sit at positions {n_cached}..{n_total - 1}: they are the "
+                     f"LAST {n_new} rows of the full {n_total}x{n_total} lower-triangular mask "
+                     f"(tril's `diagonal` argument shifts the triangle to the right)")
+    if torch.equal(got, ~expected):
+        return wrong(f"your mask is inverted {where}: True must mean 'may see'",
+                     "query i sees key j when j <= n_cached + i")
+    if torch.equal(got, expected.tril(diagonal=n_cached - 1)):
+        return wrong(f"each new query misses its own key {where}",
+                     "a token attends to itself: query i sees keys 0..n_cached+i inclusive")
+    if bool((got & ~expected).any()):
+        row, col = (got & ~expected).nonzero()[0].tolist()
+        return wrong(f"new query {row} (position {n_cached + row}) may see key {col}, a later "
+                     f"token {where}",
+                     "causal: query i sees keys 0..n_cached+i, never a later position")
+    row, col = (expected & ~got).nonzero()[0].tolist()
+    return wrong(f"new query {row} (position {n_cached + row}) cannot see key {col}, which "
+                 f"comes before it {where}",
+                 "every cached key is visible to every new query; only later new tokens "
+                 "are hidden")
+
+
+SOLUTIONS["causal_mask"] = """
+def my_mask(n_new, n_cached):
+    n_total = n_cached + n_new
+    # the last n_new rows of the full n_total x n_total lower-triangular mask:
+    # query i (position n_cached + i) sees keys 0 .. n_cached + i
+    return torch.ones(n_new, n_total, dtype=torch.bool).tril(diagonal=n_cached)
+"""
+
+
+# -- Exercise: a model's cache size by hand --------------------------------------------------
+
+
+def check_cache_size(answer, model: str = "Llama-3-8B", n_tokens: int = 8192, batch: int = 1,
+                     dtype: str = "float16") -> CheckResult:
+    """Check a hand-computed KV cache size in bytes for a preset model (see bench.PRESETS)."""
+    from .memory import dtype_bytes, preset
+
+    spec = preset(model)
+    element = dtype_bytes(dtype)
+    if isinstance(answer, bool) or not isinstance(answer, int | float):
+        return wrong(f"expected a number of bytes, got {answer!r}",
+                     "write the product of the factors, e.g. answer = 2 * ...")
+    if answer != answer:  # NaN
+        return wrong("expected a number of bytes, got NaN")
+
+    def size(n_layers=spec.n_layers, kv_heads=spec.n_kv_heads, head_dim=spec.head_dim,
+             tokens=n_tokens, n_batch=batch, element_bytes=element, kv=2) -> int:
+        return kv * n_layers * kv_heads * head_dim * tokens * n_batch * element_bytes
+
+    expected = size()
+    if answer <= 0:
+        return wrong(f"{answer:,} bytes: a cache holding {n_tokens:,} tokens takes more "
+                     f"than that",
+                     "2 (keys and values) x layers x KV heads x head_dim x tokens x batch x "
+                     "bytes per element")
+    if answer == expected:
+        return correct(f"{model} holds {expected:,} bytes of keys and values for {n_tokens:,} "
+                       f"tokens (batch {batch}, {dtype})")
+    mistakes = [
+        (size(kv=1), "you counted keys or values, not both",
+         "the cache holds two tensors per layer: keys AND values (a factor 2)"),
+        (size(kv_heads=spec.n_heads), f"you used the {spec.n_heads} query heads",
+         f"{model} uses grouped-query attention: only its {spec.n_kv_heads} KV heads are "
+         f"cached"),
+        (size(element_bytes=4), "you used 4 bytes per element",
+         f"{dtype} takes {element} byte(s) per number"),
+        (size(element_bytes=element * 8), "your answer is in bits",
+         "count bytes: one element is " f"{element} byte(s)"),
+        (size(n_layers=1), "your answer is one layer's cache",
+         f"multiply by the {spec.n_layers} layers"),
+        (size(n_batch=1), "you left out the batch",
+         f"each of the {batch} sequences has its own cache"),
+        (size() / 2 ** 30, "your answer is in GiB", "give the number of bytes"),
+        (size() / 2 ** 20, "your answer is in MiB", "give the number of bytes"),
+        (size() / 1e9, "your answer is in GB", "give the number of bytes"),
+    ]
+    for value, what, hint in mistakes:
+        if value != expected and abs(answer - value) <= 1e-9 * abs(value):
+            return wrong(f"{answer:,} bytes: {what}", hint)
+    return wrong(f"{answer:,} bytes is not it (off by a factor of {answer / expected:.3g})",
+                 "2 (keys and values) x layers x KV heads x head_dim x tokens x batch x "
+                 "bytes per element")
+
+
+SOLUTIONS["cache_size"] = """
+from kvlab.bench import PRESETS
+
+spec = PRESETS["Llama-3-8B"]
+# keys and values x layers x KV heads (not query heads) x head_dim x tokens x batch x bytes
+answer = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * 8192 * 1 * 2  # float16: 2 bytes
+"""
