@@ -19,7 +19,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium; KVLAB_CHROMIUM names another build (e.g. chromium-browser, Chrome).
+CHROMIUM = os.environ.get("KVLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 INSTALL_HINT = ("install with `apt-get install -y chromium` and "
@@ -40,7 +41,7 @@ DISABLED_EXTENSIONS = {"@jupyterlab/apputils-extension:announcements": True}
 def missing_browser() -> str | None:
     """Why the browser test cannot run here, or None when Chromium and Playwright exist."""
     if not Path(CHROMIUM).exists():
-        return f"Chromium not found at {CHROMIUM}: {INSTALL_HINT}"
+        return f"Chromium not found at {CHROMIUM} (or set KVLAB_CHROMIUM): {INSTALL_HINT}"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -202,7 +203,9 @@ def _wait_for(page, condition, timeout_s: float, what: str) -> dict:
         if settled >= 2:
             return state
         page.wait_for_timeout(1000)
-    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}; last state: {state}")
+    dialogs = page.locator(".jp-Dialog")
+    dialog = f"; a dialog is open: {dialogs.first.inner_text()!r}" if dialogs.count() else ""
+    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}; last state: {state}{dialog}")
 
 
 def code_cell(page, source_snippet: str):

@@ -92,6 +92,23 @@ CASES = [
 
 # -- fixtures ---------------------------------------------------------------------------------
 
+# A notebook that must fail: proves the checks can see an error and a stopped Run All.
+BROKEN_NOTEBOOK = "zz_broken.ipynb"
+BROKEN_CELLS = ["import ipywidgets\nipywidgets.IntSlider(description='fine')",
+                "1 / 0", "print('never reached')"]
+
+
+def write_broken_notebook(folder: Path) -> Path:
+    cells = [{"cell_type": "code", "metadata": {}, "source": source, "outputs": [],
+              "execution_count": None} for source in BROKEN_CELLS]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook = {"cells": cells, "metadata": {"kernelspec": kernelspec}, "nbformat": 4,
+                "nbformat_minor": 5}
+    path = folder / BROKEN_NOTEBOOK
+    path.write_text(json.dumps(notebook))
+    return path
+
+
 @pytest.fixture(scope="module")
 def lab_url(tmp_path_factory):
     why = lab.missing_browser()
@@ -106,6 +123,7 @@ def lab_url(tmp_path_factory):
     }
     present = [NOTEBOOKS / case.notebook for case in CASES
                if (NOTEBOOKS / case.notebook).exists()]
+    present.append(write_broken_notebook(tmp_path_factory.mktemp("broken")))
     with lab.jupyter_lab(present, tmp_path_factory.mktemp("lab"), env) as url:
         yield url
 
@@ -163,6 +181,17 @@ def test_notebook_in_browser(case, page, lab_url):
 
     case.interact(page, cell_named, shots)
     assert_clean(page, "after the interaction")
+
+
+def test_browser_checks_see_an_error(page, lab_url):
+    """The harness itself: a raising cell ends the wait and is reported as a problem."""
+    lab.open_notebook(page, lab_url, BROKEN_NOTEBOOK, len(BROKEN_CELLS), RUN_TIMEOUT_S)
+    lab.run_all_cells(page)
+    state = lab.wait_until_run_finished(page, RUN_TIMEOUT_S)
+    assert state["errors"] > 0
+    assert lab.widget_count(page) > 0
+    problems = lab.page_problems(page)
+    assert any("ZeroDivisionError" in problem for problem in problems), problems
 
 
 def assert_clean(page, when: str) -> None:
