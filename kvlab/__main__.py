@@ -53,29 +53,11 @@ def cmd_bench(args) -> int:
     lm = load(args.model)
     report = bench_mod.benchmark(lm, args.prompt_len, args.new_tokens, args.repeats,
                                  modes=args.modes)
-    print(report_text(report))
+    print(bench_mod.report_summary(report))
     if args.json:
         report.save_json(args.json)
         print(f"saved {args.json}")
     return 0
-
-
-def report_text(report) -> str:
-    text = bench_mod.report_table(report)
-    modes = {r["mode"]: r for r in report.results}
-    ours = modes.get("kvlab-cache")
-    notes = []
-    if ours and "hf-cache" in modes:
-        ratio = ours["per_token_ms_median"] / modes["hf-cache"]["per_token_ms_median"]
-        same = ours["new_ids"] == modes["hf-cache"]["new_ids"]
-        notes.append(f"kvlab-cache / hf-cache per token: {ratio:.2f}x; tokens identical: {same}")
-    if ours and "kvlab-nocache" in modes:
-        ratio = modes["kvlab-nocache"]["total_s_median"] / ours["total_s_median"]
-        notes.append(f"kvlab-nocache / kvlab-cache total time: {ratio:.1f}x")
-    if ours and "floor" in modes:
-        ratio = ours["per_token_ms_median"] / modes["floor"]["per_token_ms_median"]
-        notes.append(f"kvlab-cache per token = {ratio:.2f}x the floor (one pass over all weights)")
-    return "\n".join([text, *notes])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -486,6 +486,25 @@ def report_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def report_summary(report: BenchReport) -> str:
+    """The table, then the ratios that matter: ours vs transformers, uncached / cached, floor."""
+    modes = {r["mode"]: r for r in report.results}
+    ours = modes.get("kvlab-cache")
+    notes = []
+    if ours and "hf-cache" in modes:
+        ratio = ours["per_token_ms_median"] / modes["hf-cache"]["per_token_ms_median"]
+        same = ours["new_ids"] == modes["hf-cache"]["new_ids"]
+        notes.append(f"kvlab-cache / hf-cache per token: {ratio:.2f}x; tokens identical: {same}")
+    if ours and "kvlab-nocache" in modes:
+        notes.append(f"kvlab-nocache / kvlab-cache total time: {total_speedup(report):.1f}x")
+    if ours and FLOOR in modes:
+        notes.append(f"kvlab-cache per token = {floor_ratio(report):.2f}x the floor "
+                     f"(one pass over all weights)")
+    if report.stopped_early:
+        notes.append("stopped early: the table holds the runs that finished")
+    return "\n".join([report_table(report), *notes])
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a report: lengths, the floor, speedups (notebook 03)
 
