@@ -672,6 +672,11 @@ def gap_sentences(report: BenchReport, mode_cached: str = "kvlab-cache",
     """Where the measurement and the cost model disagree by more than 30 %, and why."""
     sentences = []
     if report.has(mode_cached):
+        low, high = (report.result(mode_cached)[f"per_token_ms_{q}"] for q in ("q1", "q3"))
+        if high > 1.5 * low:
+            sentences.append(f"Careful: cached steps varied widely ({low:.1f}-{high:.1f} ms "
+                             f"between quartiles); other programs were probably using the "
+                             f"CPU. Rerun on a quiet machine before trusting the ratios below.")
         measured, model = report.result(mode_cached)["step_ms"], predicted_ms(report, mode_cached)
         ratio = statistics.median(measured[1:] or measured) / statistics.median(model[1:] or model)
         sentences.append(_cached_gap(ratio))
