@@ -52,11 +52,16 @@ def cmd_bench(args) -> int:
 
     lm = load(args.model)
     report = bench_mod.benchmark(lm, args.prompt_len, args.new_tokens, args.repeats,
-                                 modes=args.modes)
+                                 modes=args.modes, device=args.device)
     print(bench_mod.report_summary(report))
     if args.json:
         report.save_json(args.json)
         print(f"saved {args.json}")
+    if args.csv:
+        from .results import save_csv
+
+        save_csv(report, args.csv)
+        print(f"saved {args.csv}")
     return 0
 
 
@@ -88,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", nargs="+", default=list(bench_mod.MODES),
                    choices=list(bench_mod.MODES))
     b.add_argument("--json", default=None, help="also save the results as JSON")
+    b.add_argument("--csv", default=None, help="also save the results as CSV (a row per step)")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: where the model is)")
     return parser
 
 

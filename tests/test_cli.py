@@ -35,3 +35,15 @@ def test_errors_are_one_clear_line(capsys):
     assert "error: unknown model 'nope-model'" in capsys.readouterr().err
     assert main(["generate", "random:tiny-gpt2", "hi", "-n", "300"]) == 2
     assert "context limit of 256" in capsys.readouterr().err
+
+
+def test_bench_csv_loads_back(tmp_path, capsys):
+    from kvlab import results
+
+    path = tmp_path / "b.csv"
+    assert main(["bench", "random:tiny-gpt2", "--prompt-len", "8", "--new-tokens", "3",
+                 "--repeats", "1", "--modes", "kvlab-cache", "--csv", str(path)]) == 0
+    assert f"saved {path}" in capsys.readouterr().out
+    assert results.load_csv(path).modes == ["kvlab-cache", "floor"]
+    assert main(["bench", "random:tiny-gpt2", "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err
