@@ -56,3 +56,15 @@ def test_prepare_all_to_folder_then_offline_use(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(models, "convert_bundled", None)  # must load, not convert again
     lm = kvlab.load("smollm2-135m", verbose=False)
     assert kvlab.generate(lm, "The capital of France is", 2).text.startswith(" Paris")
+
+
+def test_bench_csv_loads_back(tmp_path, capsys):
+    from kvlab import results
+
+    path = tmp_path / "b.csv"
+    assert main(["bench", "random:tiny-gpt2", "--prompt-len", "8", "--new-tokens", "3",
+                 "--repeats", "1", "--modes", "kvlab-cache", "--csv", str(path)]) == 0
+    assert f"saved {path}" in capsys.readouterr().out
+    assert results.load_csv(path).modes == ["kvlab-cache", "floor"]
+    assert main(["bench", "random:tiny-gpt2", "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err
