@@ -79,9 +79,8 @@ class BlitFigure:
 
 
 def _colormap():
-    cmap = matplotlib.colormaps[CMAP].copy()
-    cmap.set_bad(alpha=0.0)  # masked cells are transparent: the hatched background shows
-    return cmap
+    # masked cells are transparent: the hatched background shows through
+    return matplotlib.colormaps[CMAP].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 
 
 def _hatch_background(ax) -> None:
