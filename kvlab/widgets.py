@@ -535,6 +535,9 @@ BERTVIZ_MAX_TOKENS = 64
 class Notice(str):
     """A one-line message that displays as itself (plain text and HTML)."""
 
+    def __repr__(self) -> str:
+        return str(self)
+
     def _repr_html_(self) -> str:
         return f'<div style="color:#8a5a00">{escape(self)}</div>'
 
