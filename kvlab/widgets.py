@@ -158,12 +158,19 @@ class AttentionExplorer:
         self._compute(self.text_box.value)
 
     def _compute(self, text) -> None:
-        with errors_shown_in(self.messages):
-            maps = attention_maps(self.lm, text)
-            self.model_runs += 1
-            if isinstance(text, str) and self.text_box.value != text:
-                self.text_box.value = text
-            self._use(maps)
+        status, self.status.value = self.status.value, f"<i>running {self.lm.name}…</i>"
+        self.show_button.disabled = True
+        try:
+            with errors_shown_in(self.messages):
+                maps = attention_maps(self.lm, text)
+                self.model_runs += 1
+                if isinstance(text, str) and self.text_box.value != text:
+                    self.text_box.value = text
+                self._use(maps)
+                status = self.status.value
+        finally:
+            self.status.value = status
+            self.show_button.disabled = False
 
     def _model_picked(self, change) -> None:
         if change["new"] != self.lm.name:
@@ -182,10 +189,11 @@ class AttentionExplorer:
             self.head.max = maps.n_heads - 1
         finally:
             self._quiet = False
-        preview = escape(self.text_box.value[:60].replace("\n", " ↵ "))
+        text = self.text_box.value.replace("\n", " ↵ ")
+        preview = escape(text if len(text) <= 60 else text[:60] + "…")
         self.status.value = (f"<b>{escape(maps.model_name)}</b>: {maps.n_tokens} tokens, "
                              f"{maps.n_layers} layers x {maps.n_heads} heads "
-                             f"<span style='color:#666'>({preview}…)</span>")
+                             f"<span style='color:#666'>({preview})</span>")
         for view in self._views.values():
             view.new_maps()
         self._redraw()
