@@ -28,7 +28,7 @@ MASK_HATCH = "////"
 HIGHLIGHT = "#d62728"
 MAX_TICK_LABELS = 64  # beyond this, every k-th token is labelled
 LABEL_CHARS = 14  # tick labels are cut to this many characters
-DPI = 80
+DPI = 90
 
 
 class BlitFigure:

@@ -103,6 +103,12 @@ def _image() -> widgets.Image:
     return widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
 
 
+def show(image: widgets.Image, figure: plots.BlitFigure) -> None:
+    """Put a figure into an Image widget at its own pixel size (not stretched to the cell)."""
+    image.value = figure.png()
+    image.width = str(round(figure.figure.get_figwidth() * figure.figure.dpi))
+
+
 class AttentionExplorer:
     """Text box + model picker; maps computed once per (model, text); views only redraw.
 
@@ -302,7 +308,7 @@ class HeadView(_View):
         self.heatmap.draw(matrix, self.maps.labels,
                           f"{self.maps.model_name}: layer {layer}, head {head} "
                           f"(hatched: future tokens, masked)", vmax=vmax)
-        self.image.value = self.heatmap.png()
+        show(self.image, self.heatmap)
 
 
 class FocusView(_View):
@@ -340,7 +346,7 @@ class FocusView(_View):
         top = ", ".join(f"<code>{escape(label)}</code> (position {index}, {value:.2f})"
                         for index, label, value in self.bars.top_keys)
         self.top_line.value = f"Top keys: {top}"
-        self.image.value = self.bars.png()
+        show(self.image, self.bars)
 
 
 class LayerView(_View):
@@ -361,7 +367,7 @@ class LayerView(_View):
         layer, head = self.selection
         self.grid.draw(self.maps.weights[layer], f"{self.maps.model_name}: every head of "
                                                  f"layer {layer}", selected=head)
-        self.image.value = self.grid.png()
+        show(self.image, self.grid)
 
 
 class ModelView(_View):
@@ -386,10 +392,10 @@ class ModelView(_View):
     def redraw(self) -> None:
         layer, head = self.selection
         self.mosaic.select(layer, head)
-        self.overview.value = self.mosaic.png()
+        show(self.overview, self.mosaic)
         self.heatmap.draw(self.maps.head(layer, head), self.maps.labels,
                           f"layer {layer}, head {head}")
-        self.large.value = self.heatmap.png()
+        show(self.large, self.heatmap)
 
 
 class SummaryView(_View):
@@ -422,7 +428,7 @@ class SummaryView(_View):
         self.table.value = summary_table_html(self.rows(), selected)
         self.scatter.draw(summaries.previous, summaries.first,
                           f"{self.maps.model_name}: every head (ringed: selected)", selected)
-        self.image.value = self.scatter.png()
+        show(self.image, self.scatter)
 
 
 def summary_table_html(rows: list[dict], selected: tuple[int, int] | None = None) -> str:
@@ -504,13 +510,13 @@ class GeneratedAttentionPanel:
         self.bars.draw(result.row(step, layer, head), labels,
                        f"step {step}: query '{labels[query]}' (position {query}) predicts "
                        f"'{labels[query + 1]}'; layer {layer}, head {head}")
-        self.bars_image.value = self.bars.png()
+        show(self.bars_image, self.bars)
         steps_labels = [f"{s}: {labels[result.query_position(s)]}"
                         for s in range(result.n_steps)]
         self.heatmap.draw(result.matrix(layer, head), labels[: result.rows[-1].shape[-1]],
                           "every step's row (query = newest token)", query_labels=steps_labels)
         self.heatmap.mark_row(step)
-        self.rows_image.value = self.heatmap.png()
+        show(self.rows_image, self.heatmap)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
