@@ -100,13 +100,14 @@ DEFAULT_TEXT = ("The cat sat on the mat. The dog sat on the rug.\n"
 
 
 def _image() -> widgets.Image:
-    return widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+    return widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto",
+                                                             flex="0 0 auto"))
 
 
 def show(image: widgets.Image, figure: plots.BlitFigure) -> None:
     """Put a figure into an Image widget at its own pixel size (not stretched to the cell)."""
     image.value = figure.png()
-    image.width = str(round(figure.figure.get_figwidth() * figure.figure.dpi))
+    image.layout.width = f"{round(figure.figure.get_figwidth() * figure.figure.dpi)}px"
 
 
 class AttentionExplorer:
