@@ -1,12 +1,390 @@
-"""matplotlib figures used by the notebooks."""
+"""matplotlib figures used by the notebooks.
+
+Each figure is built once and then only updated. Drawing tick labels is what makes a
+matplotlib redraw slow (tens of labels: ~150 ms), so every figure here renders its static
+parts (axes, token labels, colour bar) once into a kept background and, on a slider move,
+draws only the artists that changed on top of it ("blitting"): ~15 ms for a 64-token map.
+Figures are plain `Figure` objects (no pyplot state); `png()` gives bytes for an `Image`.
+"""
 
 from __future__ import annotations
+
+import io
+import math
+from functools import cache
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib import font_manager, ft2font
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FormatStrFormatter
+from PIL import Image
+
+from . import bench as _bench
+
+CMAP = "Blues"  # zero weight is white; masked (future) cells are hatched grey instead
+MASK_FACE = "#e4e4e4"
+MASK_HATCH = "////"
+HIGHLIGHT = "#d62728"
+MAX_TICK_LABELS = 64  # beyond this, every k-th token is labelled
+LABEL_CHARS = 14  # tick labels are cut to this many characters
+DPI = 90
+
+
+class BlitFigure:
+    """A figure whose static parts are drawn once; `png()` redraws only the dynamic artists.
+
+    Subclasses list their changing artists in `self.dynamic`. Static parts (tick labels,
+    limits, colour scale) are named by `self.static_key`: a background is kept per key (a
+    few), so going back to an earlier key is fast too. `invalidate()` forgets them all.
+    """
+
+    KEEP = 8  # backgrounds kept
+
+    def __init__(self, width: float, height: float):
+        self.figure = Figure(figsize=(width, height), dpi=DPI)
+        FigureCanvasAgg(self.figure)
+        self.dynamic: list = []
+        self.static_key = None
+        self._backgrounds: dict = {}
+        self.full_draws = 0  # how often the static parts were drawn (for tests, benchmarks)
+
+    def invalidate(self) -> None:
+        """Something static changed for every key: the next `png()` draws the whole figure."""
+        self._backgrounds.clear()
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes (static parts from a kept background when there is one)."""
+        canvas = self.figure.canvas
+        background = self._backgrounds.get(self.static_key)
+        if background is None:
+            shown = [artist.get_visible() for artist in self.dynamic]
+            for artist in self.dynamic:
+                artist.set_visible(False)
+            canvas.draw()
+            if len(self._backgrounds) >= self.KEEP:
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[self.static_key] = canvas.copy_from_bbox(self.figure.bbox)
+            self.full_draws += 1
+            for artist, visible in zip(self.dynamic, shown, strict=True):
+                artist.set_visible(visible)
+        else:
+            canvas.restore_region(background)
+        for artist in self.dynamic:
+            if artist.get_visible():
+                self.figure.draw_artist(artist)
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buffer, "png", compress_level=1)
+        return buffer.getvalue()
+
+
+def _colormap():
+    # masked cells are transparent: the hatched background shows through
+    return matplotlib.colormaps[CMAP].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+
+
+def _hatch_background(ax) -> None:
+    ax.patch.set_facecolor(MASK_FACE)
+    ax.patch.set_hatch(MASK_HATCH)
+    ax.patch.set_edgecolor("#b0b0b0")
+
+
+def masked_causal(matrix: torch.Tensor) -> np.ma.MaskedArray:
+    """A [q, k] map with the keys each query may not see masked (the queries are the last q
+    positions, so query i sees keys 0 .. k-q+i: the causal mask aligned bottom-right)."""
+    values = matrix.detach().float().numpy()
+    n_queries, n_keys = values.shape
+    future = np.triu(np.ones((n_queries, n_keys), dtype=bool), k=n_keys - n_queries + 1)
+    return np.ma.masked_array(values, mask=future)
+
+
+@cache
+def _font_has(char: str) -> bool:
+    """Whether matplotlib's default font can draw this character."""
+    path = font_manager.findfont(font_manager.FontProperties(
+        family=matplotlib.rcParams["font.family"]))
+    return _font(path).get_char_index(ord(char)) != 0
+
+
+@cache
+def _font(path: str) -> ft2font.FT2Font:
+    return ft2font.FT2Font(path)
+
+
+def drawable(text: str) -> str:
+    """Text as a figure can draw it: characters the font lacks (emoji; CJK in the default
+    font) named as <U+1F642> instead of drawn as empty boxes."""
+    return "".join(char if char.isascii() or _font_has(char) else f"<U+{ord(char):04X}>"
+                   for char in text)
+
+
+def short(label: str) -> str:
+    """A token label for an axis: drawable, and cut to LABEL_CHARS characters."""
+    label = drawable(label)
+    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+
+
+def _set_token_ticks(ax, labels: list[str], axis: str) -> None:
+    step = max(1, math.ceil(len(labels) / MAX_TICK_LABELS))
+    positions = list(range(0, len(labels), step))
+    names = [short(labels[i]) for i in positions]
+    size = 9 if len(positions) <= 24 else 7
+    if axis == "x":
+        ax.set_xticks(positions, names, rotation=90, fontsize=size)
+    else:
+        ax.set_yticks(positions, names, fontsize=size)
+
+
+def _title(figure: Figure, y: float = 0.97):
+    return figure.text(0.5, y, "", ha="center", va="top", fontsize=11)
+
+
+class HeadHeatmap(BlitFigure):
+    """One head's map: queries as rows, keys as columns, the future hatched, a colour bar."""
+
+    def __init__(self, size: float = 6.0):
+        super().__init__(size + 1.2, size)
+        self.ax = self.figure.add_axes((0.2, 0.2, 0.62, 0.7))
+        cax = self.figure.add_axes((0.86, 0.2, 0.03, 0.7))
+        _hatch_background(self.ax)
+        self.image = self.ax.imshow(np.ma.masked_all((1, 1)), cmap=_colormap(), vmin=0, vmax=1,
+                                    interpolation="nearest", aspect="auto")
+        self.colorbar = self.figure.colorbar(self.image, cax=cax)
+        self.colorbar.set_label("attention weight")
+        self.ax.set_xlabel("key (token attended to)")
+        self.ax.set_ylabel("query (token attending)")
+        self.marker = Rectangle((0, 0), 0, 0, fill=False, edgecolor=HIGHLIGHT, linewidth=2,
+                                visible=False)
+        self.ax.add_patch(self.marker)
+        self.title = _title(self.figure)
+        self.dynamic = [self.image, self.marker, self.title]
+
+    def draw(self, matrix: torch.Tensor, labels: list[str], title: str,
+             vmax: float = 1.0, query_labels: list[str] | None = None) -> None:
+        """Show a [q, k] map; labels name the keys (the queries too, unless given apart)."""
+        query_labels = labels[-matrix.shape[0]:] if query_labels is None else query_labels
+        key = (tuple(labels), tuple(query_labels), tuple(matrix.shape), vmax)
+        if key != self.static_key:
+            self.image.set_extent((-0.5, matrix.shape[1] - 0.5, matrix.shape[0] - 0.5, -0.5))
+            self.ax.set_xlim(-0.5, matrix.shape[1] - 0.5)
+            self.ax.set_ylim(matrix.shape[0] - 0.5, -0.5)
+            self.image.set_clim(0, vmax)
+            _set_token_ticks(self.ax, labels, "x")
+            _set_token_ticks(self.ax, query_labels, "y")
+            self.static_key = key
+        self.image.set_data(masked_causal(matrix))
+        self.title.set_text(drawable(title))
+
+    def mark_row(self, row: int | None) -> None:
+        """Outline one query row (None: no outline)."""
+        self.marker.set_visible(row is not None)
+        if row is not None:
+            self.marker.set_bounds(-0.5, row - 0.5, self.image.get_array().shape[1], 1)
+
+    def matrix(self) -> np.ma.MaskedArray:
+        """The drawn data (for tests): the masked map now in the image."""
+        return self.image.get_array()
+
+
+def _round_up(value: float) -> float:
+    """The smallest of a few fixed axis tops that holds value (few tops: few full redraws)."""
+    for top in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0):
+        if value <= top:
+            return top
+    return value
+
+
+class FocusBars(BlitFigure):
+    """Where one query looks: a bar per visible key, the top keys named."""
+
+    def __init__(self, width: float = 8.0, height: float = 3.2, top: int = 3):
+        super().__init__(width, height)
+        self.ax = self.figure.add_axes((0.08, 0.3, 0.9, 0.58))
+        self.ax.set_ylabel("weight")
+        self.title = _title(self.figure)
+        self.bars: list[Rectangle] = []
+        self.notes = [self.ax.annotate("", (0, 0), ha="center", va="bottom", fontsize=8,
+                                       xytext=(0, 2), textcoords="offset points")
+                      for _ in range(top)]
+        self.top_keys: list[tuple[int, str, float]] = []  # (position, label, weight)
+        self._labels: tuple = ()
+
+    def draw(self, weights: torch.Tensor, labels: list[str], title: str) -> None:
+        """weights: [k] for keys 0..k-1 (the query's visible keys); labels: at least k names."""
+        values = weights.detach().float().numpy()
+        n_keys, y_top = len(values), _round_up(float(values.max()) * 1.25)
+        if tuple(labels[:n_keys]) != self._labels:
+            self._new_bars(labels[:n_keys])
+        self.ax.set_ylim(0, y_top)
+        self.static_key = (self._labels, y_top)
+        colour = matplotlib.colormaps[CMAP](0.7)
+        for bar, value in zip(self.bars, values, strict=True):
+            bar.set_height(value)
+            bar.set_color(colour)
+        order = np.argsort(-values, kind="stable")[: len(self.notes)]
+        self.top_keys = [(int(i), labels[i], float(values[i])) for i in order]
+        for rank, note in enumerate(self.notes):
+            note.set_visible(rank < len(self.top_keys))
+            if rank < len(self.top_keys):
+                index, label, value = self.top_keys[rank]
+                self.bars[index].set_color(HIGHLIGHT if rank == 0 else "#ff7f0e")
+                note.xy = (index, value)
+                note.set_text(f"{short(label)}\n{value:.2f}")
+        self.title.set_text(drawable(title))
+
+    def _new_bars(self, labels: list[str]) -> None:
+        for bar in self.bars:
+            bar.remove()
+        n_keys = len(labels)
+        self.bars = [self.ax.add_patch(Rectangle((i - 0.4, 0), 0.8, 0)) for i in range(n_keys)]
+        self.ax.set_xlim(-0.6, n_keys - 0.4)
+        _set_token_ticks(self.ax, labels, "x")
+        self.dynamic = [*self.bars, *self.notes, self.title]
+        self._labels = tuple(labels)
+
+
+class HeadGrid(BlitFigure):
+    """Small multiples: every head of one layer, side by side."""
+
+    def __init__(self, n_heads: int, tile: float = 2.0):
+        columns = min(n_heads, 6)
+        rows = math.ceil(n_heads / columns)
+        super().__init__(columns * tile, rows * tile + 0.4)
+        self.n_heads = n_heads
+        self.figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.86,
+                                    wspace=0.08, hspace=0.25)
+        self.axes = [self.figure.add_subplot(rows, columns, h + 1) for h in range(n_heads)]
+        self.images = []
+        for head, ax in enumerate(self.axes):
+            _hatch_background(ax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"head {head}", fontsize=9)
+            self.images.append(ax.imshow(np.ma.masked_all((1, 1)), cmap=_colormap(), vmin=0,
+                                         vmax=1, interpolation="nearest", aspect="auto"))
+        self.frame = Rectangle((0, 0), 1, 1, transform=self.figure.transFigure, fill=False,
+                               edgecolor=HIGHLIGHT, linewidth=3, visible=False)
+        self.figure.add_artist(self.frame)
+        self.title = _title(self.figure, y=0.995)
+        self.dynamic = [*self.images, self.frame, self.title]
+
+    def draw(self, layer_maps: torch.Tensor, title: str, selected: int | None = None) -> None:
+        """layer_maps: [H, n, n]; the selected head is outlined."""
+        n = layer_maps.shape[-1]
+        if n != self.static_key:
+            for ax, image in zip(self.axes, self.images, strict=True):
+                image.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
+                ax.set_xlim(-0.5, n - 0.5)
+                ax.set_ylim(n - 0.5, -0.5)
+            self.static_key = n
+        for head, image in enumerate(self.images):
+            image.set_data(masked_causal(layer_maps[head]))
+        self.frame.set_visible(selected is not None)
+        if selected is not None:
+            box = self.axes[selected].get_position()
+            self.frame.set_bounds(box.x0 - 0.005, box.y0 - 0.008, box.width + 0.01,
+                                  box.height + 0.016)
+        self.title.set_text(drawable(title))
+
+
+def thumbnails(weights: torch.Tensor, tile: int) -> torch.Tensor:
+    """Every head's map shrunk to tile x tile (mean pooling keeps thin columns such as sinks).
+
+    weights: [L, H, n, n] -> mosaic [L*tile, H*tile], one tile per head (row = layer), each
+    tile scaled to its own maximum.
+    """
+    n_layers, n_heads, n, _ = weights.shape
+    tile = min(tile, n)
+    flat = weights.reshape(n_layers * n_heads, 1, n, n)
+    small = torch.nn.functional.adaptive_avg_pool2d(flat, tile)  # [L*H, 1, tile, tile]
+    small = small / small.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    mosaic = small.reshape(n_layers, n_heads, tile, tile).permute(0, 2, 1, 3)
+    return mosaic.reshape(n_layers * tile, n_heads * tile)
+
+
+class ModelMosaic(BlitFigure):
+    """The whole model at a glance: one thumbnail per head (rows: layers, columns: heads)."""
+
+    def __init__(self, n_layers: int, n_heads: int):
+        super().__init__(min(9.0, 1.2 + 0.6 * n_heads), min(11.0, 1.2 + 0.36 * n_layers))
+        self.ax = self.figure.add_axes((0.12, 0.02, 0.84, 0.88))
+        self.image = self.ax.imshow(np.zeros((1, 1)), cmap=CMAP, vmin=0, vmax=1,
+                                    interpolation="nearest", aspect="auto")
+        self.marker = Rectangle((0, 0), 1, 1, fill=False, edgecolor=HIGHLIGHT, linewidth=2.5)
+        self.ax.add_patch(self.marker)
+        self.ax.xaxis.set_ticks_position("top")
+        self.ax.xaxis.set_label_position("top")
+        self.ax.set_xlabel("head")
+        self.ax.set_ylabel("layer")
+        self.dynamic = [self.marker]
+        self.tile = 1
+
+    def draw(self, weights: torch.Tensor, title: str, tile: int = 16) -> None:
+        """Build the mosaic of maps [L, H, n, n] (once per text)."""
+        mosaic = thumbnails(weights, tile)
+        n_layers, n_heads = weights.shape[:2]
+        t = self.tile = mosaic.shape[0] // n_layers
+        self.image.set_data(mosaic.numpy())
+        self.image.set_extent((-0.5, mosaic.shape[1] - 0.5, mosaic.shape[0] - 0.5, -0.5))
+        layers = range(0, n_layers, 1 if n_layers <= 16 else 2)
+        self.ax.set_xticks([h * t + (t - 1) / 2 for h in range(n_heads)],
+                           [str(h) for h in range(n_heads)], fontsize=8)
+        self.ax.set_yticks([layer * t + (t - 1) / 2 for layer in layers],
+                           [str(layer) for layer in layers], fontsize=8)
+        self.ax.set_xticks([h * t - 0.5 for h in range(1, n_heads)], minor=True)
+        self.ax.set_yticks([layer * t - 0.5 for layer in range(1, n_layers)], minor=True)
+        self.ax.grid(which="minor", color="white", linewidth=1.5)
+        self.ax.tick_params(which="minor", length=0)
+        self.figure.suptitle(title, fontsize=10, y=0.995)
+        self.invalidate()
+
+    def select(self, layer: int, head: int) -> None:
+        """Outline one head's thumbnail."""
+        t = self.tile
+        self.marker.set_bounds(head * t - 0.5, layer * t - 0.5, t, t)
+
+
+class SummaryScatter(BlitFigure):
+    """Every head as a dot: weight on the previous token vs weight on the first token."""
+
+    def __init__(self):
+        super().__init__(5.5, 4.2)
+        self.ax = self.figure.add_axes((0.13, 0.13, 0.68, 0.76))
+        cax = self.figure.add_axes((0.84, 0.13, 0.03, 0.76))
+        self.dots = self.ax.scatter([], [], c=[], cmap="viridis", s=22)
+        self.figure.colorbar(self.dots, cax=cax, label="layer")
+        self.ring = self.ax.scatter([0], [0], s=160, facecolors="none", edgecolors=HIGHLIGHT,
+                                    linewidths=2)
+        self.ax.set_xlim(-0.03, 1.03)
+        self.ax.set_ylim(-0.03, 1.03)
+        self.ax.set_xlabel("mean weight on the previous token")
+        self.ax.set_ylabel("mean weight on the first token")
+        self.dynamic = [self.ring]
+        self.previous = self.first = None
+
+    def draw(self, previous: torch.Tensor, first: torch.Tensor, title: str,
+             selected: tuple[int, int]) -> None:
+        """previous, first: [L, H] summaries; the selected head is ringed."""
+        if previous is not self.previous or first is not self.first:
+            n_layers = previous.shape[0]
+            layer_of = torch.arange(n_layers)[:, None].expand_as(previous)
+            self.dots.set_offsets(np.column_stack([previous.flatten(), first.flatten()]))
+            self.dots.set_array(layer_of.flatten().numpy())
+            self.dots.set_clim(0, max(1, n_layers - 1))
+            self.ax.set_title(title, fontsize=10)
+            self.previous, self.first = previous, first
+            self.invalidate()
+        layer, head = selected
+        self.ring.set_offsets([[float(previous[layer, head]), float(first[layer, head])]])
+
 
 # =============================================================================================
 # Notebook 02 (cache mechanics): the cache at one decode step, cache bytes as a sequence grows
 # =============================================================================================
-import matplotlib.pyplot as plt  # noqa: E402  (kept in this section to keep merges easy)
-from matplotlib.patches import Rectangle  # noqa: E402
 
 NEW_ROWS_COLOUR = "#e66100"  # positions computed at this step
 
@@ -100,12 +478,8 @@ MODE_STYLES = {
     "floor": dict(color="#555555", linestyle=":"),
 }
 
-import io  # noqa: E402  (imports kept in this section: easy merges)
 
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
-from . import bench as _bench  # noqa: E402
 
 
 class PlotFigure(Figure):
