@@ -25,6 +25,7 @@ from matplotlib.ticker import FormatStrFormatter
 from PIL import Image
 
 from . import bench as _bench
+from .attention import token_labels
 
 CMAP = "Blues"  # zero weight is white; masked (future) cells are hatched grey instead
 MASK_FACE = "#e4e4e4"
@@ -389,12 +390,6 @@ class SummaryScatter(BlitFigure):
 NEW_ROWS_COLOUR = "#e66100"  # positions computed at this step
 
 
-def token_text(lm, token_id: int) -> str:
-    """One token as a short readable label: a space shows as '␣', a newline as '⏎'."""
-    text = lm.decode([token_id])
-    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
-
-
 def cache_step_figure(stepper, layer: int, head: int, step: int | None = None):
     """Cached keys and values (positions x head_dim) of one layer/head at one step, the rows
     computed at that step outlined, and the new queries' attention over those keys."""
@@ -402,8 +397,8 @@ def cache_step_figure(stepper, layer: int, head: int, step: int | None = None):
     keys, values = stepper.keys_values(layer, head, record.index)  # [T, hd] each
     probs = stepper.attention(layer, head, record.index)  # [n, T]
     n_total, head_dim = keys.shape
-    labels = [f"{p}: {token_text(stepper.lm, t)}"
-              for p, t in enumerate(stepper.ids[:n_total])]
+    labels = [f"{p}: {label}" for p, label in
+              enumerate(token_labels(stepper.lm.tokenizer, stepper.ids[:n_total]))]
 
     height = min(9.0, max(3.2, 1.6 + 0.22 * n_total))
     fig, (ax_k, ax_v, ax_a) = plt.subplots(

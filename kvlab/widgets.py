@@ -32,11 +32,12 @@ from .attention import (
     GeneratedAttention,
     attention_maps,
     generated_attention,
+    token_labels,
 )
 from .bench import DTYPE_BYTES, PRESETS, ModelSpec, spec_of
 from .memory import cache_size, dtype_bytes, human_bytes, reshaped
 from .models import LoadedModel, available, load
-from .plots import cache_step_figure, token_text
+from .plots import cache_step_figure
 from .stepper import DecodeStepper
 
 
@@ -735,8 +736,9 @@ class StepperPanel(widgets.VBox):
 def _tokens_html(stepper, record) -> str:
     """Prompt tokens grey, tokens fed at this step outlined, the chosen next token green."""
     parts = []
-    for position, token in enumerate(stepper.ids[:record.n_total]):
-        label = escape(token_text(stepper.lm, token))
+    labels = token_labels(stepper.lm.tokenizer, [*stepper.ids[:record.n_total], record.next_id])
+    for position, label in enumerate(labels[:-1]):
+        label = escape(label)
         if position >= record.n_cached:
             style = "outline:2px solid #e66100"
         elif position < len(stepper.prompt_ids):
@@ -744,7 +746,7 @@ def _tokens_html(stepper, record) -> str:
         else:
             style = ""
         parts.append(f'<span style="{style};margin-right:2px">{label}</span>')
-    chosen = escape(token_text(stepper.lm, record.next_id))
+    chosen = escape(labels[-1])
     parts.append(f'&nbsp;&rarr;&nbsp;<b style="color:#1a7f37">{chosen}</b>')
     return "".join(parts)
 
