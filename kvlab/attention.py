@@ -297,8 +297,10 @@ def layer0_queries_keys(lm, text, head: int) -> tuple[torch.Tensor, torch.Tensor
     positions = torch.arange(len(ids))
     with torch.inference_mode():
         x = norm(embed(w, torch.tensor([ids]), positions), layer.attn_norm)  # [1, n, d]
-        q = split_heads(project(x, layer.wq, layer.bq), w.n_heads)  # [1, H, n, hd]
-        k = split_heads(project(x, layer.wk, layer.bk), w.n_kv_heads)  # [1, K, n, hd]
+        qkv = project(x, layer.w_qkv, layer.b_qkv)  # [1, n, (H + 2K)*hd]
+        q, k, _ = qkv.split([w.n_heads * w.head_dim] + [w.n_kv_heads * w.head_dim] * 2, -1)
+        q = split_heads(q, w.n_heads)  # [1, H, n, hd]
+        k = split_heads(k, w.n_kv_heads)  # [1, K, n, hd]
         if w.rope_inv_freq is not None:
             cos, sin = rope_tables(w, positions)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -473,6 +473,7 @@ def check_cache_size(answer, model: str = "Llama-3-8B", n_tokens: int = 8192, ba
 
 
 SOLUTIONS["cache_size"] = """
+from kvlab.bench import PRESETS
 
 spec = PRESETS["Llama-3-8B"]
 # keys and values x layers x KV heads (not query heads) x head_dim x tokens x batch x bytes

@@ -18,7 +18,7 @@ import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from html import escape
+from html import escape, unescape
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -67,7 +67,7 @@ def output_text(output: widgets.Output) -> str:
         if "text" in item:
             parts.append(item["text"])
         data = item.get("data", {})
-        parts.append(data.get("text/html") or data.get("text/plain", ""))
+        parts.append(unescape(data.get("text/html") or data.get("text/plain", "")))
     return "\n".join(parts)
 
 

@@ -165,7 +165,7 @@ def test_c9_and_bad_text_show_in_the_panel_which_keeps_working(explorer):
     explorer.show_text("")
     assert "the text is empty" in output_text(explorer.messages)
     explorer.show_text("x" + " x" * 299)
-    assert "300 tokens, over random:tiny-gpt2&#x27;s context limit of 256 tokens" in \
+    assert "300 tokens, over random:tiny-gpt2's context limit of 256 tokens" in \
         output_text(explorer.messages)
     explorer.use_model("no-such-model")
     assert "unknown model" in output_text(explorer.messages)

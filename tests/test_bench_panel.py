@@ -4,15 +4,7 @@ first, bad input is shown in the panel, which keeps working. Tiny sizes; no timi
 import pytest
 
 from kvlab import widgets
-
-
-def output_text(output) -> str:
-    parts = []
-    for item in output.outputs:
-        parts.append(item.get("text", ""))
-        data = item.get("data", {})
-        parts.append(data.get("text/html", "") or data.get("text/plain", ""))
-    return "\n".join(parts)
+from kvlab.widgets import output_text
 
 
 @pytest.fixture()

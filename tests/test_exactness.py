@@ -49,7 +49,7 @@ def test_earlier_keys_and_values_do_not_change_when_a_token_is_appended(lm):
 
 
 def test_without_a_causal_mask_earlier_keys_would_change(lm, monkeypatch):
-    def sees_everything(n_new, n_total):
+    def sees_everything(n_new, n_total, device=None):
         return torch.ones(n_new, n_total, dtype=torch.bool)
 
     monkeypatch.setattr(decoder, "causal_mask", sees_everything)
