@@ -55,30 +55,17 @@ def cmd_bench(args) -> int:
 
     lm = load(args.model)
     report = bench_mod.benchmark(lm, args.prompt_len, args.new_tokens, args.repeats,
-                                 modes=args.modes)
-    print(report_text(report))
+                                 modes=args.modes, device=args.device)
+    print(bench_mod.report_summary(report))
     if args.json:
         report.save_json(args.json)
         print(f"saved {args.json}")
+    if args.csv:
+        from .results import save_csv
+
+        save_csv(report, args.csv)
+        print(f"saved {args.csv}")
     return 0
-
-
-def report_text(report) -> str:
-    text = bench_mod.report_table(report)
-    modes = {r["mode"]: r for r in report.results}
-    ours = modes.get("kvlab-cache")
-    notes = []
-    if ours and "hf-cache" in modes:
-        ratio = ours["per_token_ms_median"] / modes["hf-cache"]["per_token_ms_median"]
-        same = ours["new_ids"] == modes["hf-cache"]["new_ids"]
-        notes.append(f"kvlab-cache / hf-cache per token: {ratio:.2f}x; tokens identical: {same}")
-    if ours and "kvlab-nocache" in modes:
-        ratio = modes["kvlab-nocache"]["total_s_median"] / ours["total_s_median"]
-        notes.append(f"kvlab-nocache / kvlab-cache total time: {ratio:.1f}x")
-    if ours and "floor" in modes:
-        ratio = ours["per_token_ms_median"] / modes["floor"]["per_token_ms_median"]
-        notes.append(f"kvlab-cache per token = {ratio:.2f}x the floor (one pass over all weights)")
-    return "\n".join([text, *notes])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", nargs="+", default=list(bench_mod.MODES),
                    choices=list(bench_mod.MODES))
     b.add_argument("--json", default=None, help="also save the results as JSON")
+    b.add_argument("--csv", default=None, help="also save the results as CSV (a row per step)")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: where the model is)")
     return parser
 
 

@@ -7,8 +7,11 @@ not printed unless asked for: `kvlab.checks.solution("name")`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
+
+import torch
 
 
 @dataclass
@@ -62,11 +65,163 @@ def solution(name: str) -> Solution:
     return Solution(SOLUTIONS[name].strip())
 
 
+# ---------------------------------------------------------------------------------------------
+# Notebook 01: attention
+
+
+def _missing(answer) -> CheckResult | None:
+    if answer is None or answer is Ellipsis:
+        return wrong("there is no answer yet (the variable is still None or ...)",
+                     "replace the placeholder in the exercise cell, run it, then run the check")
+    return None
+
+
+def check_predictions(n_tokens: int, row_sum, n_visible) -> CheckResult:
+    """Exercise 'predictions': what each row of a map adds up to, and how many cells can be
+    non-zero, for a text of n_tokens tokens."""
+    for answer in (row_sum, n_visible):
+        if (verdict := _missing(answer)) is not None:
+            return verdict
+    try:
+        row_sum, n_visible = float(row_sum), int(n_visible)
+    except (TypeError, ValueError):
+        return wrong(f"row_sum and n_visible should be numbers, got {row_sum!r} and "
+                     f"{n_visible!r}")
+    if abs(row_sum - 1.0) > 1e-6:
+        return wrong(f"row_sum = {row_sum:g} is not what every row adds up to",
+                     "each row is the output of a softmax over the keys that query can see")
+    n = n_tokens
+    if n_visible == n * (n + 1) // 2:
+        return correct(f"every row sums to 1, and {n_visible} of the {n * n} cells are "
+                       f"visible (the lower triangle, diagonal included)")
+    if n_visible == n * n:
+        return wrong(f"n_visible = {n_visible} counts every cell",
+                     "a decoder masks the keys after each query: no token sees the future")
+    if n_visible == n * (n - 1) // 2:
+        return wrong(f"n_visible = {n_visible} leaves out the diagonal",
+                     "a token may attend to itself: query i sees keys 0 .. i")
+    return wrong(f"n_visible = {n_visible} is not the number of visible cells for "
+                 f"{n} tokens", "query i sees keys 0 .. i, i.e. i + 1 keys; add that up over "
+                                "the queries")
+
+
+def _softmax_rows(scores: torch.Tensor, mask: bool = True, dim: int = -1) -> torch.Tensor:
+    if mask:
+        n = scores.shape[-1]
+        future = ~torch.ones(n, n, dtype=torch.bool).tril()
+        scores = scores.masked_fill(future, float("-inf"))
+    return scores.softmax(dim=dim)
+
+
+def check_by_hand(my_weights, q: torch.Tensor, k: torch.Tensor,
+                  model_weights: torch.Tensor) -> CheckResult:
+    """Exercise 'by_hand': one head's weights recomputed from its queries q [n, hd] and keys
+    k [n, hd], compared with the model's map [n, n]."""
+    if (verdict := _missing(my_weights)) is not None:
+        return verdict
+    try:
+        mine = torch.as_tensor(my_weights, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        return wrong(f"my_weights should be a tensor (or array), got {type(my_weights).__name__}")
+    n = model_weights.shape[0]
+    if tuple(mine.shape) != (n, n):
+        return wrong(f"my_weights has shape {tuple(mine.shape)}, expected ({n}, {n})",
+                     "one row per query and one column per key: q @ k.T has that shape")
+    if torch.allclose(mine, model_weights, atol=1e-4):
+        return correct("your weights equal the model's for this head (to 1e-4): "
+                       "softmax(q k^T / sqrt(d) + causal mask)")
+    scores = (q @ k.T) / math.sqrt(q.shape[-1])  # [n, n]
+    diagnoses = [
+        (_softmax_rows(q @ k.T), "the scores were not scaled",
+         "divide q @ k.T by the square root of the head width, q.shape[-1] ** 0.5"),
+        (_softmax_rows(scores, mask=False), "future tokens get weight: no causal mask",
+         "before the softmax, set the scores above the diagonal to -inf, e.g. with "
+         "torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)"),
+        (_softmax_rows(scores, dim=0), "the softmax ran over the wrong dimension",
+         "each row (one query) must sum to 1: softmax(dim=-1)"),
+        (_softmax_rows(scores, mask=False).tril(), "the mask was applied after the softmax",
+         "mask the scores (-inf) before the softmax, so each row still sums to 1"),
+    ]
+    for candidate, message, hint in diagnoses:
+        if torch.allclose(mine, candidate, atol=1e-4):
+            return wrong(message, hint)
+    difference = (mine - model_weights).abs()
+    query, key = divmod(int(difference.argmax()), n)
+    return wrong(f"largest difference {float(difference.max()):.3g} at query {query}, key {key}",
+                 "scores = q @ k.T / sqrt(d); mask the future with -inf; softmax over the "
+                 "last dimension")
+
+
+def _index_answer(answer, count: int, what: str) -> CheckResult | int:
+    if (verdict := _missing(answer)) is not None:
+        return verdict
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < count:
+        return wrong(f"{what} should be a whole number from 0 to {count - 1}, got {answer!r}")
+    return answer
+
+
+def check_previous_token_head(answer, maps, layer: int = 0) -> CheckResult:
+    """Exercise 'previous_token_head': the head of `layer` with the most weight on the
+    token just before each query."""
+    head = _index_answer(answer, maps.n_heads, "the head")
+    if isinstance(head, CheckResult):
+        return head
+    previous = maps.summaries().previous[layer]  # [H]
+    best = float(previous.max())
+    if float(previous[head]) >= best - 1e-6:
+        return correct(f"head {head} of layer {layer} puts on average {best:.2f} of each "
+                       f"query's weight on the previous token, more than any other head")
+    return wrong(f"head {head} puts on average {float(previous[head]):.2f} on the previous "
+                 f"token; another head of layer {layer} puts more",
+                 "the previous token is the cell just left of the diagonal: average "
+                 "maps.weights[layer, h].diagonal(-1) for each head h, or sort the summary "
+                 "table by 'previous'")
+
+
+def check_sink_layer(answer, maps) -> CheckResult:
+    """Exercise 'sink_layer': the layer whose heads, on average, put the most weight on the
+    first token."""
+    layer = _index_answer(answer, maps.n_layers, "the layer")
+    if isinstance(layer, CheckResult):
+        return layer
+    per_layer = maps.summaries().first.mean(dim=1)  # [L]
+    best = float(per_layer.max())
+    if float(per_layer[layer]) >= best - 1e-6:
+        return correct(f"layer {layer}'s heads put on average {best:.2f} of their weight on "
+                       f"the first token: the strongest attention sink of this text")
+    return wrong(f"layer {layer}'s heads put on average {float(per_layer[layer]):.2f} on the "
+                 f"first token; another layer puts more",
+                 "average maps.weights[layer, :, 1:, 0] (every head, every query but the "
+                 "first) for each layer, or use maps.summaries().first.mean(dim=1)")
+
+
+SOLUTIONS.update({
+    "predictions": """
+row_sum = 1.0                      # each row is a softmax: its weights add up to 1
+n_visible = n * (n + 1) // 2       # query i sees keys 0..i: 1 + 2 + ... + n
+""",
+    "by_hand": """
+n, d = q.shape
+scores = q @ k.T / d ** 0.5                                    # [n, n]
+future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+scores = scores.masked_fill(future, float("-inf"))             # no peeking ahead
+my_weights = scores.softmax(dim=-1)                            # each row sums to 1
+""",
+    "previous_token_head": """
+previous = [maps.weights[0, h].diagonal(-1).mean().item() for h in range(maps.n_heads)]
+my_head = max(range(maps.n_heads), key=lambda h: previous[h])
+""",
+    "sink_layer": """
+first = maps.weights[:, :, 1:, 0].mean(dim=(1, 2))             # [layers]
+my_layer = int(first.argmax())
+""",
+})
+
+
 # =============================================================================================
 # Notebook 02 (cache mechanics): the cache append, the causal mask with a cache, cache bytes
 # =============================================================================================
 
-import torch  # noqa: E402  (kept inside this section so merges with other sections stay easy)
 
 
 def _call_student(fn, *args):
@@ -323,4 +478,121 @@ from kvlab.bench import PRESETS
 spec = PRESETS["Llama-3-8B"]
 # keys and values x layers x KV heads (not query heads) x head_dim x tokens x batch x bytes
 answer = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * 8192 * 1 * 2  # float16: 2 bytes
+"""
+
+
+# =============================================================================================
+# Notebook 03 (benchmark): the uncached/cached work ratio, the bytes-per-step bound
+# =============================================================================================
+
+_RATIO_CASES = [(32, 256), (8, 100), (100, 8), (1, 1), (5, 2)]
+
+
+def work_ratio_reference(prompt_len: int, new_tokens: int) -> float:
+    """Token rows pushed through the model without the cache, divided by with it."""
+    cached = prompt_len + (new_tokens - 1)  # prefill, then one row per step
+    uncached = sum(prompt_len + step for step in range(new_tokens))  # every token, every step
+    return uncached / cached
+
+
+def _ratio_mistake(work_ratio) -> str:
+    """A hint for the usual slips, recognised by what the student's function returns."""
+    prompt_len, new_tokens = 32, 256
+    got = work_ratio(prompt_len, new_tokens)
+    right = work_ratio_reference(prompt_len, new_tokens)
+    no_prefill = (sum(prompt_len + s for s in range(1, new_tokens))) / (new_tokens - 1)
+    no_prompt = (new_tokens + 1) / 2
+    if isinstance(got, (int, float)) and abs(got * right - 1) < 1e-6:
+        return "your ratio is upside down: divide the uncached work by the cached work"
+    if isinstance(got, (int, float)) and abs(got - no_prefill) < 1e-6 * no_prefill:
+        return ("you left out step 0: both loops start by running the whole prompt "
+                "(the prefill), so count it on both sides")
+    if isinstance(got, (int, float)) and abs(got - no_prompt) < 1e-6 * no_prompt:
+        return ("the uncached loop recomputes the prompt too: step s runs prompt_len + s rows, "
+                "not just the s new tokens")
+    return ("count token rows: step 0 runs prompt_len rows in both loops; then the cached "
+            "loop runs 1 row per step, the uncached loop prompt_len + s rows at step s")
+
+
+def check_work_ratio(work_ratio) -> CheckResult:
+    """Exercise `work_ratio`: uncached / cached token rows for a prompt and N new tokens."""
+    if not callable(work_ratio):
+        return wrong(f"pass your function itself, e.g. check_work_ratio(work_ratio); got "
+                     f"{type(work_ratio).__name__}")
+    for prompt_len, new_tokens in _RATIO_CASES:
+        try:
+            got = work_ratio(prompt_len, new_tokens)
+        except Exception as err:  # the student's code may raise anything: report it
+            return wrong(f"work_ratio({prompt_len}, {new_tokens}) raised "
+                         f"{type(err).__name__}: {err}", "try it by hand on a small case first")
+        right = work_ratio_reference(prompt_len, new_tokens)
+        if got is None or got is ...:
+            return wrong("work_ratio returns nothing yet: replace `...` with your formula",
+                         "count token rows pushed through the model by each loop")
+        if not isinstance(got, (int, float)) or abs(got - right) > 1e-6 * right:
+            return wrong(f"work_ratio({prompt_len}, {new_tokens}) = {got!r}, expected "
+                         f"{right:.4g}", _ratio_mistake(work_ratio))
+    example = work_ratio_reference(32, 256)
+    return correct(f"for 32 prompt + 256 new tokens the uncached loop pushes {example:.0f}x "
+                   f"as many token rows through the model; the gap grows linearly with N, so "
+                   f"the uncached total time grows as N^2")
+
+
+def check_decode_bound(bytes_per_step, min_ms, spec, position: int,
+                       bytes_per_s: float) -> CheckResult:
+    """Exercise `decode_bound`: bytes a cached step reads at `position`, and the least time."""
+    from .bench import step_cost
+
+    if bytes_per_step is ... or bytes_per_step is None or min_ms is ... or min_ms is None:
+        return wrong("fill in bytes_per_step and min_ms (replace the `...`)",
+                     "bytes: every weight matrix once, plus the whole KV cache so far")
+    for label, value in (("bytes_per_step", bytes_per_step), ("min_ms", min_ms)):
+        if not isinstance(value, (int, float)) or value <= 0:
+            return wrong(f"{label} must be a positive number, got {value!r}")
+    cost = step_cost(spec, position, cached=True)
+    right_bytes = cost.bytes_moved
+    if abs(bytes_per_step - right_bytes) > 1e-9 * right_bytes:  # whole bytes: exact
+        return wrong(f"bytes_per_step = {bytes_per_step:,.0f}, expected {right_bytes:,.0f}",
+                     _bytes_mistake(bytes_per_step, spec, position, cost))
+    right_ms = right_bytes / bytes_per_s * 1e3
+    if abs(min_ms - right_ms) > 0.01 * right_ms:
+        hint = ("that is in seconds: multiply by 1000 for milliseconds"
+                if abs(min_ms * 1e3 - right_ms) < 0.01 * right_ms
+                else "time = bytes / (bytes per second), then x 1000 for milliseconds")
+        return wrong(f"min_ms = {min_ms:.4g}, expected {right_ms:.4g}", hint)
+    share = cost.cache_bytes / right_bytes
+    return correct(f"{right_bytes / 1e6:.1f} MB per step ({share:.1%} of it the KV cache), so "
+                   f"no cached step can beat {right_ms:.2f} ms on this machine; the FLOPs "
+                   f"({cost.flops / 1e6:.0f} M) are only {cost.flops_per_byte:.2f} per byte")
+
+
+def _bytes_mistake(got: float, spec, position: int, cost) -> str:
+    kv_per_token = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * 4
+    if abs(got - cost.weight_bytes) < 0.01 * cost.weight_bytes:
+        return "you counted the weights only: the step also reads the KV cache of every position"
+    if abs(got * 4 - cost.bytes_moved) < 0.01 * cost.bytes_moved:
+        return "those are numbers, not bytes: each float32 number takes 4 bytes"
+    with_query_heads = cost.weight_bytes + kv_per_token * spec.n_heads // spec.n_kv_heads * (
+        position + 1)
+    if spec.n_heads != spec.n_kv_heads and abs(got - with_query_heads) < 0.01 * got:
+        return (f"the cache holds n_kv_heads = {spec.n_kv_heads} heads, not n_heads = "
+                f"{spec.n_heads} (grouped-query attention shares them)")
+    if got == cost.weight_bytes + kv_per_token * position:
+        return f"at position {position} the step attends over position + 1 = {position + 1} keys"
+    return ("weights: spec.matmul_params x 4 bytes; cache: 2 (K and V) x n_layers x "
+            "n_kv_heads x head_dim x (position + 1) x 4 bytes")
+
+
+SOLUTIONS["work_ratio"] = """
+def work_ratio(prompt_len, new_tokens):
+    cached = prompt_len + (new_tokens - 1)            # prefill, then 1 row per step
+    uncached = sum(prompt_len + s for s in range(new_tokens))  # all tokens so far, every step
+    return uncached / cached
+"""
+
+SOLUTIONS["decode_bound"] = """
+weights = spec.matmul_params * 4                      # every matrix once, 4 bytes per float32
+cache = 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * (position + 1) * 4
+bytes_per_step = weights + cache
+min_ms = bytes_per_step / bytes_per_s * 1000
 """
