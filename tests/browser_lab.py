@@ -255,6 +255,16 @@ def wait_for_new_image(image, old_src: str | None, timeout_ms: float) -> None:
         arg=[image.element_handle(), old_src], timeout=timeout_ms, polling=250)
 
 
+@contextmanager
+def screenshot_on_failure(page, path: Path):
+    """Save what the page showed when a check failed (the viewport), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        page.screenshot(path=path)
+        raise
+
+
 def screenshot_panels(page, path_for) -> list:
     """Screenshot the output of every code cell that shows a widget or a picture;
     `path_for(label)` names the file. Returns the paths written."""
