@@ -4,7 +4,8 @@ For every notebook: Run > Run All Cells, wait until every cell ran, check that n
 shows an error and that the widgets rendered, do one interaction through the page (as a
 student would: keyboard or click) and check its effect, and save screenshots of every
 panel under build/screenshots/. Skipped, with the reason, where Chromium or Playwright is
-missing. The notebooks are served from a temporary copy, never changed in place.
+missing (KVLAB_REQUIRE_BROWSER=1 makes that a failure, for CI). The notebooks are served
+from a temporary copy, never changed in place.
 
 Adding a notebook: write an `interact_...(page, cell_named, shots)` function and add one
 `Case` to CASES.
@@ -120,6 +121,8 @@ def write_broken_notebook(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def lab_url(tmp_path_factory):
     why = lab.missing_browser()
+    if why and os.environ.get("KVLAB_REQUIRE_BROWSER") == "1":  # CI: never skip silently
+        pytest.fail(f"KVLAB_REQUIRE_BROWSER=1 but {why}")
     if why:
         pytest.skip(f"browser test skipped: {why}")
     env = {
