@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import platform
 import statistics
@@ -50,7 +51,7 @@ class ModelSpec:
         for label in ("n_layers", "n_heads", "n_kv_heads", "head_dim", "d_model", "d_ff",
                       "vocab_size"):
             value = getattr(self, label)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
@@ -101,9 +102,9 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int,
     for label, value in [("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                          ("head_dim", head_dim), ("batch", batch),
                          ("bytes_per_element", bytes_per_element)]:
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if not isinstance(n_tokens, int) or n_tokens < 0:
+    if not isinstance(n_tokens, numbers.Integral) or n_tokens < 0:
         raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
     return 2 * n_layers * batch * n_kv_heads * head_dim * n_tokens * bytes_per_element
 
