@@ -398,7 +398,9 @@ def benchmark(lm, prompt_len: int = 32, new_tokens: int = 128, repeats: int = 3,
     `progress`: True/False for a tqdm bar, or a callable making the bar (tqdm's signature).
     `device`: run on this device ("cuda" for the GPU column), then move the model back.
     """
-    modes = list(modes)
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if not modes:
+        raise ValueError(f"name at least one mode to time: {', '.join(MODES)}")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
