@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,8 @@ def _load_hub(name: str, hub_id: str) -> LoadedModel:
         raise ModelError(
             f"model {name!r} ({hub_id}) is not in the local Hugging Face cache and the hub is "
             f"unavailable: {why}. While online, run `python -m kvlab prepare {name}` once "
-            f"(or copy a prepared cache folder and point HF_HOME at it). Offline, the bundled "
-            f"model works: load('{OFFLINE_MODEL}') or set KVLAB_MODEL={OFFLINE_MODEL}.")
+            f"(add `--to DIR` to fill a lab-room folder, then set KVLAB_HOME=DIR). Offline, "
+            f"the bundled model works: load('{OFFLINE_MODEL}') or set KVLAB_MODEL={OFFLINE_MODEL}.")
     return _from_pretrained(name, "hub", hub_id, local_only=False, cache_dir=hub_cache_dir())
 
 
@@ -266,17 +267,9 @@ def _load_folder(name: str, folder: Path) -> LoadedModel:
 
 def _from_pretrained(name: str, source: str, where: str, *, local_only: bool,
                      **kwargs) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     try:
-        config = AutoConfig.from_pretrained(where, local_files_only=local_only,
-                                            trust_remote_code=False, **kwargs)
-        _check_family(name, config)
-        model = AutoModelForCausalLM.from_pretrained(
-            where, local_files_only=local_only, trust_remote_code=False, use_safetensors=True,
-            attn_implementation="eager", dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only,
-                                                  trust_remote_code=False, **kwargs)
+        with _quiet_loading():
+            model, tokenizer = _read_checkpoint(name, where, local_only, kwargs)
     except ModelError:
         raise
     except (OSError, ValueError) as err:  # missing or unreadable files, as transformers says
@@ -285,6 +278,35 @@ def _from_pretrained(name: str, source: str, where: str, *, local_only: bool,
         raise ModelError(f"model {name!r} at {where} has no usable tokenizer (no tokenizer "
                          f"files?): it turns 'hello' into no tokens")
     return _wrap(name, source, model, tokenizer)
+
+
+def _read_checkpoint(name: str, where: str, local_only: bool, kwargs: dict):
+    """Config (checked first: a clear error for another architecture), model, tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(where, local_files_only=local_only,
+                                        trust_remote_code=False, **kwargs)
+    _check_family(name, config)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, local_files_only=local_only, trust_remote_code=False, use_safetensors=True,
+        attn_implementation="eager", dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only,
+                                              trust_remote_code=False, **kwargs)
+    return model, tokenizer
+
+
+@contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" bars (downloads keep their own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_family(name: str, config) -> str:
