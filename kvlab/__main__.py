@@ -51,8 +51,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from pathlib import Path
+
     from .models import load
 
+    for path in (args.json, args.csv):  # refuse a bad output path before the long run
+        if path and not Path(path).resolve().parent.is_dir():
+            raise ValueError(f"cannot save to {path}: folder {Path(path).parent} does not exist")
     lm = load(args.model)
     report = bench_mod.benchmark(lm, args.prompt_len, args.new_tokens, args.repeats,
                                  modes=args.modes, device=args.device)

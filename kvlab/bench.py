@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import torch
 
@@ -50,7 +52,7 @@ class ModelSpec:
         for label in ("n_layers", "n_heads", "n_kv_heads", "head_dim", "d_model", "d_ff",
                       "vocab_size"):
             value = getattr(self, label)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
@@ -101,9 +103,9 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int,
     for label, value in [("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                          ("head_dim", head_dim), ("batch", batch),
                          ("bytes_per_element", bytes_per_element)]:
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if not isinstance(n_tokens, int) or n_tokens < 0:
+    if not isinstance(n_tokens, numbers.Integral) or n_tokens < 0:
         raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
     return 2 * n_layers * batch * n_kv_heads * head_dim * n_tokens * bytes_per_element
 
@@ -196,6 +198,12 @@ class ModeResult:
                 for i in range(len(self.runs_step_s[0]))]
 
     @property
+    def step_ms_min(self) -> list[float]:
+        """The fastest repeat of each step, in ms: the least disturbed by other programs."""
+        return [min(run[i] for run in self.runs_step_s) * 1e3
+                for i in range(len(self.runs_step_s[0]))]
+
+    @property
     def decode_step_ms(self) -> list[float]:
         """All decode steps (after the prefill step) of all repeats, in ms."""
         return [t * 1e3 for run in self.runs_step_s for t in (run[1:] or run)]
@@ -229,6 +237,7 @@ class ModeResult:
                     total_s_median=self.total_s_median,
                     total_s_min=min(self.totals_s), total_s_max=max(self.totals_s),
                     prefill_ms_median=self.prefill_ms_median, step_ms=self.step_ms,
+                    step_ms_min=self.step_ms_min,
                     repeats=len(self.runs_step_s), new_ids=self.new_ids,
                     cache_bytes=self.cache_bytes)
 
@@ -320,7 +329,8 @@ def machine_info() -> dict:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    info = dict(threads=torch.get_num_threads(), torch=torch.__version__,
+    info = dict(date=datetime.now().strftime("%Y-%m-%d %H:%M"),
+                threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, cpu=cpu, platform=platform.platform(),
                 python=platform.python_version())
     if torch.cuda.is_available():
@@ -397,7 +407,9 @@ def benchmark(lm, prompt_len: int = 32, new_tokens: int = 128, repeats: int = 3,
     `progress`: True/False for a tqdm bar, or a callable making the bar (tqdm's signature).
     `device`: run on this device ("cuda" for the GPU column), then move the model back.
     """
-    modes = list(modes)
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if not modes:
+        raise ValueError(f"name at least one mode to time: {', '.join(MODES)}")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -607,9 +619,10 @@ def fit_decode_slope(step_ms: list[float], tail: float = 0.5) -> PowerFit:
 
 
 def slope_fits(report: BenchReport) -> dict[str, PowerFit]:
-    """The fitted slope of every timed mode (the floor excluded)."""
-    return {entry["mode"]: fit_decode_slope(entry["step_ms"]) for entry in report.results
-            if entry["mode"] != FLOOR}
+    """The fitted slope of every timed mode (the floor excluded), over the fastest repeat of
+    each step, so that a step slowed by another program bends the fit as little as possible."""
+    return {entry["mode"]: fit_decode_slope(entry.get("step_ms_min") or entry["step_ms"])
+            for entry in report.results if entry["mode"] != FLOOR}
 
 
 def slope_lines(report: BenchReport) -> list[str]:
@@ -670,21 +683,16 @@ def predicted_ms(report: BenchReport, mode: str) -> list[float]:
 def gap_sentences(report: BenchReport, mode_cached: str = "kvlab-cache",
                   mode_uncached: str = "kvlab-nocache") -> list[str]:
     """Where the measurement and the cost model disagree by more than 30 %, and why."""
-    sentences = []
+    sentences = noise_sentences(report)
     if report.has(mode_cached):
-        low, high = (report.result(mode_cached)[f"per_token_ms_{q}"] for q in ("q1", "q3"))
-        if high > 1.5 * low:
-            sentences.append(f"Careful: cached steps varied widely ({low:.1f}-{high:.1f} ms "
-                             f"between quartiles); other programs were probably using the "
-                             f"CPU. Rerun on a quiet machine before trusting the ratios below.")
         measured, model = report.result(mode_cached)["step_ms"], predicted_ms(report, mode_cached)
         ratio = statistics.median(measured[1:] or measured) / statistics.median(model[1:] or model)
         sentences.append(_cached_gap(ratio))
         prefill_ratio = measured[0] / model[0]
         if not 0.7 < prefill_ratio < 1.3:
             sentences.append(
-                f"Prefill (step 0): measured {prefill_ratio:.1f}x the model. The FLOP rate was "
-                f"measured with 64 rows; {report.prompt_len} prompt rows run at their own "
+                f"Prefill (step 0): measured {prefill_ratio:.1f}x the cost model. The FLOP "
+                f"rate was measured with 64 rows; {report.prompt_len} prompt rows run at their own "
                 f"rate, and the softmax and masking over the prompt are not counted.")
     if report.has(mode_uncached) and report.new_tokens >= 4:
         measured = report.result(mode_uncached)["step_ms"]
@@ -693,32 +701,57 @@ def gap_sentences(report: BenchReport, mode_cached: str = "kvlab-cache",
         ratio = statistics.median(measured[late]) / statistics.median(model[late])
         if ratio > 1.3:
             sentences.append(
-                f"Uncached, late steps: measured {ratio:.1f}x the model. Recomputing the "
+                f"Uncached, late steps: measured {ratio:.1f}x the cost model. Recomputing the "
                 f"sequence also reruns every norm, position lookup and attention softmax and "
                 f"moves activations that grow with the sequence; the model counts only the "
                 f"matrix products.")
         elif ratio < 0.7:
             sentences.append(
-                f"Uncached, late steps: measured {ratio:.1f}x the model, faster: with "
+                f"Uncached, late steps: measured {ratio:.1f}x the cost model, faster: with "
                 f"hundreds of rows the matrix products reach a higher FLOP rate than the "
                 f"64-row probe measured.")
         else:
-            sentences.append(f"Uncached, late steps: measured {ratio:.2f}x the model: "
+            sentences.append(f"Uncached, late steps: measured {ratio:.2f}x the cost model: "
                              f"recomputing is compute-bound, as the FLOP count says.")
+    return sentences
+
+
+def noise_sentences(report: BenchReport) -> list[str]:
+    """Warnings that a run was disturbed: repeats that disagree, cached steps that vary, a
+    cached total that does not grow linearly."""
+    noisy = [f"{e['mode']} ({e['total_s_min']:.2f}-{e['total_s_max']:.2f} s)"
+             for e in report.results
+             if "total_s_min" in e and e["total_s_max"] > 1.3 * e["total_s_min"]]
+    for entry in report.results:
+        if entry["mode"].endswith("-cache") and entry["per_token_ms_q3"] > \
+                1.5 * entry["per_token_ms_q1"]:
+            noisy.append(f"{entry['mode']} steps ({entry['per_token_ms_q1']:.1f}-"
+                         f"{entry['per_token_ms_q3']:.1f} ms between quartiles)")
+    bent = [f"{mode} ~ n^{fit.slope:.2f}" for mode, fit in slope_fits(report).items()
+            if mode.endswith("-cache") and report.new_tokens >= 8 and fit.slope > 1.5]
+    sentences = []
+    if noisy:
+        sentences.append("Careful: this run was disturbed, probably by other programs using "
+                         "the CPU; repeats or steps disagree widely: " + "; ".join(noisy) +
+                         ". Rerun on a quiet machine before trusting the ratios below.")
+    if bent:
+        sentences.append("Careful: a cached total should grow about linearly (n^1), but the "
+                         "fit gives " + ", ".join(bent) + ": some late steps were slowed by "
+                         "something other than the model. Rerun before drawing conclusions.")
     return sentences
 
 
 def _cached_gap(ratio: float) -> str:
     if ratio > 1.3:
-        return (f"Cached decode: measured {ratio:.1f}x the model. Besides reading the weights, "
-                f"each step runs dozens of small operations (norms, softmax, the cache copy, "
-                f"Python between them) that the model does not count; in a small model they "
+        return (f"Cached decode: measured {ratio:.1f}x the cost model. Besides reading the "
+                f"weights, each step runs dozens of small operations (norms, softmax, the cache "
+                f"copy, Python between them) that the model does not count; in a small model they "
                 f"are a visible share of the step.")
     if ratio < 0.7:
-        return (f"Cached decode: measured {ratio:.1f}x the model, faster than reading every "
+        return (f"Cached decode: measured {ratio:.1f}x the cost model, faster than reading every "
                 f"weight from memory: part of the weights stays in the CPU's caches between "
                 f"steps.")
-    return (f"Cached decode: measured {ratio:.2f}x the model: a cached step costs about what "
+    return (f"Cached decode: measured {ratio:.2f}x the cost model: a cached step costs about what "
             f"reading every weight once costs (memory-bound).")
 
 

@@ -7,6 +7,8 @@ past it is unused space.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -18,12 +20,12 @@ class KVCache:
                  device: str | torch.device = "cpu"):
         for label, value in [("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                              ("head_dim", head_dim), ("max_len", max_len), ("batch", batch)]:
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"KVCache {label} must be a positive integer, got {value!r}")
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.max_len = max_len
+        self.max_len = int(max_len)
         self.length = 0  # positions filled so far (the "P" of the decoder)
 
     @classmethod
@@ -49,6 +51,9 @@ class KVCache:
 
     def advance(self, n_new: int) -> None:
         """Count n_new more positions as cached (called once per forward pass)."""
+        if self.length + n_new > self.max_len:
+            raise ValueError(f"KV cache is full: cannot count {n_new} more positions after "
+                             f"{self.length} of max_len {self.max_len}")
         self.length += n_new
 
     def reset(self) -> None:

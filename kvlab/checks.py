@@ -8,6 +8,7 @@ not printed unless asked for: `kvlab.checks.solution("name")`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from html import escape
 
@@ -47,6 +48,25 @@ def wrong(message: str, hint: str = "") -> CheckResult:
     return CheckResult(False, message, hint)
 
 
+def number(value) -> int | float | None:
+    """A student's answer as a finite Python number (numpy and torch scalars accepted), or
+    None for anything else: text, True/False, NaN, infinity, several values."""
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy / torch scalar
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):  # more than one element
+            return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def whole_number(value) -> int | None:
+    """Like `number`, for counts and indices: an integral value (3 or 3.0), else None."""
+    value = number(value)
+    return int(value) if value is not None and float(value).is_integer() else None
+
+
 # name -> solution text (code a student could paste), shown only on request
 SOLUTIONS: dict[str, str] = {}
 
@@ -82,11 +102,10 @@ def check_predictions(n_tokens: int, row_sum, n_visible) -> CheckResult:
     for answer in (row_sum, n_visible):
         if (verdict := _missing(answer)) is not None:
             return verdict
-    try:
-        row_sum, n_visible = float(row_sum), int(n_visible)
-    except (TypeError, ValueError):
-        return wrong(f"row_sum and n_visible should be numbers, got {row_sum!r} and "
-                     f"{n_visible!r}")
+    if number(row_sum) is None or whole_number(n_visible) is None:
+        return wrong(f"row_sum and n_visible should be numbers (n_visible a whole number), "
+                     f"got {row_sum!r} and {n_visible!r}")
+    row_sum, n_visible = number(row_sum), whole_number(n_visible)
     if abs(row_sum - 1.0) > 1e-6:
         return wrong(f"row_sum = {row_sum:g} is not what every row adds up to",
                      "each row is the output of a softmax over the keys that query can see")
@@ -155,9 +174,10 @@ def check_by_hand(my_weights, q: torch.Tensor, k: torch.Tensor,
 def _index_answer(answer, count: int, what: str) -> CheckResult | int:
     if (verdict := _missing(answer)) is not None:
         return verdict
-    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < count:
+    index = whole_number(answer)
+    if index is None or not 0 <= index < count:
         return wrong(f"{what} should be a whole number from 0 to {count - 1}, got {answer!r}")
-    return answer
+    return index
 
 
 def check_previous_token_head(answer, maps, layer: int = 0) -> CheckResult:
@@ -427,11 +447,10 @@ def check_cache_size(answer, model: str = "Llama-3-8B", n_tokens: int = 8192, ba
 
     spec = preset(model)
     element = dtype_bytes(dtype)
-    if isinstance(answer, bool) or not isinstance(answer, int | float):
-        return wrong(f"expected a number of bytes, got {answer!r}",
+    if number(answer) is None:
+        return wrong(f"expected a number of bytes (not text, NaN or infinity), got {answer!r}",
                      "write the product of the factors, e.g. answer = 2 * ...")
-    if answer != answer:  # NaN
-        return wrong("expected a number of bytes, got NaN")
+    answer = number(answer)
 
     def size(n_layers=spec.n_layers, kv_heads=spec.n_kv_heads, head_dim=spec.head_dim,
              tokens=n_tokens, n_batch=batch, element_bytes=element, kv=2) -> int:
@@ -529,6 +548,7 @@ def check_work_ratio(work_ratio) -> CheckResult:
         if got is None or got is ...:
             return wrong("work_ratio returns nothing yet: replace `...` with your formula",
                          "count token rows pushed through the model by each loop")
+        got = number(got) if number(got) is not None else got
         if not isinstance(got, (int, float)) or abs(got - right) > 1e-6 * right:
             return wrong(f"work_ratio({prompt_len}, {new_tokens}) = {got!r}, expected "
                          f"{right:.4g}", _ratio_mistake(work_ratio))
@@ -547,8 +567,9 @@ def check_decode_bound(bytes_per_step, min_ms, spec, position: int,
         return wrong("fill in bytes_per_step and min_ms (replace the `...`)",
                      "bytes: every weight matrix once, plus the whole KV cache so far")
     for label, value in (("bytes_per_step", bytes_per_step), ("min_ms", min_ms)):
-        if not isinstance(value, (int, float)) or value <= 0:
+        if number(value) is None or number(value) <= 0:
             return wrong(f"{label} must be a positive number, got {value!r}")
+    bytes_per_step, min_ms = number(bytes_per_step), number(min_ms)
     cost = step_cost(spec, position, cached=True)
     right_bytes = cost.bytes_moved
     if abs(bytes_per_step - right_bytes) > 1e-9 * right_bytes:  # whole bytes: exact

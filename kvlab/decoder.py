@@ -258,7 +258,7 @@ def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = Fa
     """
     w = prepare(lm)
     device = w.token_embedding.device
-    token_ids = _as_batch(token_ids).to(device)
+    token_ids = _as_batch(token_ids, w.token_embedding.shape[0], cache).to(device)
     n_cached = cache.length if cache is not None else 0
     n_new = token_ids.shape[1]
     if n_cached + n_new > w.max_positions:
@@ -286,11 +286,18 @@ def forward(lm, token_ids, cache: KVCache | None = None, *, last_only: bool = Fa
     return ForwardOutput(logits, attentions)
 
 
-def _as_batch(token_ids) -> torch.Tensor:
-    ids = torch.as_tensor(token_ids, dtype=torch.long)
+def _as_batch(token_ids, vocab_size: int, cache: KVCache | None) -> torch.Tensor:
+    """Token ids as a [B, n] tensor, or a clear error."""
+    ids = torch.as_tensor(token_ids)
     if ids.dim() == 1:
         ids = ids[None, :]
-    if ids.dim() != 2 or ids.shape[1] == 0:
-        raise ValueError(f"token_ids must be a non-empty [batch, n] array of ids, got shape "
-                         f"{tuple(ids.shape)}")
-    return ids
+    if ids.dim() != 2 or ids.shape[1] == 0 or ids.is_floating_point():
+        raise ValueError(f"token_ids must be a non-empty [batch, n] array of integer ids, got "
+                         f"{tuple(ids.shape)} of {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"token ids must lie in 0..{vocab_size - 1}, got {ids.min()} to "
+                         f"{ids.max()}")
+    if cache is not None and cache.keys[0].shape[0] != ids.shape[0]:
+        raise ValueError(f"a batch of {ids.shape[0]} sequences cannot use a cache made for "
+                         f"batch {cache.keys[0].shape[0]}")
+    return ids.long()

@@ -7,6 +7,8 @@ timing per generated token (the first, which includes the prompt's prefill, incl
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,30 +42,39 @@ def prompt_to_ids(lm, prompt) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty: give at least one character of text")
-        return lm.encode(prompt)
-    if isinstance(prompt, torch.Tensor):
-        if prompt.dim() == 2 and prompt.shape[0] == 1:
+        ids = lm.encode(prompt)
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} gives no tokens: give at least one character "
+                             f"of text")
+        return ids
+    if hasattr(prompt, "tolist") and hasattr(prompt, "shape"):  # a tensor or numpy array
+        if len(prompt.shape) == 2 and prompt.shape[0] == 1:
             prompt = prompt[0]
-        if prompt.dim() != 1:
-            raise ValueError(f"one prompt is expected; got a tensor of shape "
+        if len(prompt.shape) != 1:
+            raise ValueError(f"one prompt is expected; got an array of shape "
                              f"{tuple(prompt.shape)} (a batch?). Pass one text or one "
                              f"list of token ids.")
         prompt = prompt.tolist()
     if isinstance(prompt, Sequence) and prompt and all(isinstance(t, str) for t in prompt):
         raise ValueError(f"one prompt is expected, got a list of {len(prompt)} texts. Pass "
                          f"one text, e.g. prompt={prompt[0]!r}")
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(t, int) for t in prompt):
+    if isinstance(prompt, (list, tuple)) and prompt and all(_is_int(t) for t in prompt):
         bad = [t for t in prompt if not 0 <= t < lm.vocab_size]
         if bad:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary "
                              f"0..{lm.vocab_size - 1}")
-        return list(prompt)
+        return [int(t) for t in prompt]
     raise ValueError(f"prompt must be a non-empty text or list of token ids, got {prompt!r:.80}")
+
+
+def _is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_length(lm, n_prompt: int, max_new_tokens: int) -> None:
     """Refuse, before any work, a request that would not fit in the model's context."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     total = n_prompt + max_new_tokens
     if total > lm.max_positions:
@@ -71,6 +82,21 @@ def check_length(lm, n_prompt: int, max_new_tokens: int) -> None:
             f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {total} tokens "
             f"exceeds {lm.name}'s context limit of {lm.max_positions} tokens; shorten the "
             f"prompt or ask for at most {max(lm.max_positions - n_prompt, 0)} new tokens")
+
+
+def check_request(lm, prompt, max_new_tokens, temperature, top_k, seed) -> list[int]:
+    """Every check of a generation request, before any work: returns the prompt's ids."""
+    prompt_ids = prompt_to_ids(lm, prompt)
+    check_length(lm, len(prompt_ids), max_new_tokens)
+    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got "
+                         f"{temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return prompt_ids
 
 
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -85,13 +111,6 @@ def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-def _check_sampling(temperature, top_k) -> None:
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
-
-
 def generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
              record_attention: bool = False, stop_at_eos: bool = False,
@@ -102,9 +121,7 @@ def generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
     values of earlier positions. cache=False: recompute the whole sequence every step.
     Exactly max_new_tokens tokens are made unless stop_at_eos=True.
     """
-    prompt_ids = prompt_to_ids(lm, prompt)
-    check_length(lm, len(prompt_ids), max_new_tokens)
-    _check_sampling(temperature, top_k)
+    prompt_ids = check_request(lm, prompt, max_new_tokens, temperature, top_k, seed)
     generator = torch.Generator().manual_seed(seed)
     prepare(lm)  # one-time weight arrangement, kept out of the step timings
     kv = KVCache.for_model(lm, max_len=len(prompt_ids) + max_new_tokens) if cache else None
@@ -169,28 +186,34 @@ def hf_generate(lm, prompt, max_new_tokens: int = 32, cache: bool = True,
     Attention runs with SDPA (switched from the eager attention used for attention views,
     then switched back), with transformers' own cache or none; EOS never stops it early.
     """
-    prompt_ids = prompt_to_ids(lm, prompt)
-    check_length(lm, len(prompt_ids), max_new_tokens)
-    _check_sampling(temperature, top_k)
+    from transformers import GenerationConfig
+
+    prompt_ids = check_request(lm, prompt, max_new_tokens, temperature, top_k, seed)
     model = lm.model
     sampling = temperature > 0
-    options = dict(
-        max_new_tokens=max_new_tokens, min_new_tokens=None, use_cache=cache,
-        do_sample=sampling, temperature=temperature if sampling else None,
-        top_k=top_k if sampling else None, top_p=None,
-        eos_token_id=None, pad_token_id=lm.tokenizer.eos_token_id,
+    # Fresh configs: none of the checkpoint's own generation settings (repetition penalty,
+    # no-repeat n-grams, ...) may change what is compared.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, use_cache=cache, do_sample=sampling,
+        temperature=temperature if sampling else None, top_k=top_k if sampling else None,
+        top_p=None, eos_token_id=None, pad_token_id=lm.tokenizer.eos_token_id,
         output_logits=return_logits, return_dict_in_generate=True)
+    ids = torch.tensor([prompt_ids], device=model.device)
     clock = _StepClock()
-    previous = model.config._attn_implementation
+    previous, own_config = model.config._attn_implementation, model.generation_config
     model.set_attn_implementation("sdpa")
+    model.generation_config = GenerationConfig()  # else generate() merges the checkpoint's
     try:
         torch.manual_seed(seed)
         with torch.inference_mode():
             start = time.perf_counter_ns()
-            out = model.generate(torch.tensor([prompt_ids], device=model.device),
-                                 streamer=clock, **options)
+            # every prompt position is real text: without this mask, transformers would
+            # mask prompt tokens that equal the pad (= EOS) token
+            out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                 generation_config=config, streamer=clock)
     finally:
         model.set_attn_implementation(previous)
+        model.generation_config = own_config
     # clock.times_ns[0] is the prompt being streamed out, then one stamp per new token
     stamps = [start] + clock.times_ns[1:]
     step_times = [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)]

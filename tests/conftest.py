@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import kvlab
+from kvlab.widgets import cached_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -12,7 +12,7 @@ def _deterministic():
 
 
 def _load(name):
-    return kvlab.load(name, verbose=False)
+    return cached_model(name)  # one instance per name, shared with the panels under test
 
 
 @pytest.fixture(scope="session")

@@ -21,21 +21,6 @@ C1_TEXT = "Line one\nLine two 🙂 naïve"
 RAW_BYTE_LEVEL_SYMBOLS = ("Ġ", "Ċ", "âĢ", "Ã")
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2():
-    return cached_model("random:tiny-gpt2")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama():
-    return cached_model("random:tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return cached_model("smollm2-135m")
-
-
 # -- C1: readable labels ------------------------------------------------------------------------
 
 

@@ -138,7 +138,7 @@ def test_gap_sentences_say_where_the_model_is_off():
     sentences = bench.gap_sentences(report)
     model = bench.predicted_ms(report, "kvlab-cache")[1]  # 324 MB at 40 GB/s: about 8.1 ms
     assert 10 / model > 1.0
-    assert sentences[0].startswith("Cached decode: measured 1.23x the model")
+    assert sentences[0].startswith("Cached decode: measured 1.23x the cost model")
     assert any(s.startswith("Uncached, late steps") for s in sentences)
 
 
@@ -194,3 +194,26 @@ def test_device_errors_and_optional_gpu_column(tiny_gpt2):
     with pytest.raises(ValueError, match="CUDA is not available here"):
         bench.benchmark(tiny_gpt2, 8, 3, device="cuda", progress=False)
     assert bench.gpu_report(tiny_gpt2, 8, 3, 1) is None  # skipped cleanly, nothing raised
+
+
+def test_a_quiet_run_gets_no_noise_warning():
+    assert bench.noise_sentences(fake_report(new_tokens=24)) == []
+
+
+def test_disturbed_runs_are_called_out():
+    report = fake_report(new_tokens=24)
+    cached = report.result("kvlab-cache")
+    cached["step_ms"] = cached["step_ms"][:13] + [300.0] * 11  # late steps slowed down
+    cached["total_s_max"] = 2 * cached["total_s_min"]  # and the repeats disagree
+    sentences = bench.noise_sentences(report)
+    assert "repeats or steps disagree widely: kvlab-cache" in sentences[0]
+    assert "fit gives kvlab-cache ~ n^" in sentences[1]
+    assert bench.gap_sentences(report)[:2] == sentences
+
+
+def test_fits_use_the_fastest_repeat_when_known():
+    report = fake_report(new_tokens=24)
+    cached = report.result("kvlab-cache")
+    cached["step_ms_min"] = list(cached["step_ms"])
+    cached["step_ms"] = cached["step_ms"][:13] + [300.0] * 11  # one repeat was disturbed
+    assert bench.slope_fits(report)["kvlab-cache"].slope == pytest.approx(1.0, abs=0.05)

@@ -56,3 +56,10 @@ def test_overflow_is_refused_with_sizes_named():
 def test_bad_sizes_are_refused(bad):
     with pytest.raises(ValueError, match="positive integer"):
         KVCache(bad, 1, 1, 1)
+
+
+def test_advance_past_max_len_is_refused():
+    cache = KVCache(1, 1, 2, max_len=4)
+    with pytest.raises(ValueError, match="max_len 4"):
+        cache.advance(10)
+    assert cache.length == 0

@@ -172,3 +172,11 @@ def test_solutions_exist_and_unknown_names_fail():
         assert checks.solution(name)
     with pytest.raises(KeyError, match="no exercise named"):
         checks.solution("nope")
+
+
+def test_cache_size_accepts_numpy_and_refuses_nan():
+    import numpy as np
+
+    assert checks.check_cache_size(np.int64(2 * 32 * 8 * 128 * 8192 * 2))
+    assert not checks.check_cache_size(float("nan"))
+    assert not checks.check_cache_size("2 * 32")

@@ -5,7 +5,7 @@ import pytest
 
 import kvlab
 from kvlab.bench import PRESETS
-from kvlab.widgets import CacheCalculator, StepperPanel
+from kvlab.widgets import CacheCalculator, StepperPanel, output_text
 
 matplotlib.use("Agg")
 
@@ -58,7 +58,9 @@ def test_calculator_bad_value_clears_the_result_and_recovers():
     calculator = CacheCalculator(preset="SmolLM2-135M")
     calculator.n_kv_heads.value = 4  # 9 query heads are not a multiple of 4
     assert calculator.result.value == ""
+    assert "multiple of n_kv_heads" in output_text(calculator.errors)
     calculator.n_kv_heads.value = 9
     assert "bytes" in calculator.result.value
+    assert output_text(calculator.errors) == ""  # the old error is gone with the fix
     with pytest.raises(ValueError, match="unknown preset"):
         CacheCalculator(preset="nope")

@@ -118,3 +118,14 @@ def test_every_solution_passes_its_check(maps, head_data):
 def test_solution_of_unknown_exercise_names_the_known_ones():
     with pytest.raises(KeyError, match="by_hand"):
         checks.solution("nope")
+
+
+def test_non_numbers_are_never_correct_and_numpy_scalars_are_accepted():
+    import numpy as np
+
+    from kvlab import checks
+
+    for row_sum, n_visible in [(float("nan"), 21), (1.0, 21.7), (1.0, float("inf")), ("1", 21),
+                               (True, 21)]:
+        assert not checks.check_predictions(6, row_sum, n_visible)
+    assert checks.check_predictions(6, np.float32(1.0), np.int64(21))

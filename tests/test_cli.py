@@ -68,3 +68,11 @@ def test_bench_csv_loads_back(tmp_path, capsys):
     assert results.load_csv(path).modes == ["kvlab-cache", "floor"]
     assert main(["bench", "random:tiny-gpt2", "--device", "tpu"]) == 2
     assert "device must be" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_bad_output_path_before_running(capsys, monkeypatch):
+    from kvlab import bench
+
+    monkeypatch.setattr(bench, "benchmark", None)  # would fail loudly if reached
+    assert main(["bench", "random:tiny-gpt2", "--json", "/no/such/dir/out.json"]) == 2
+    assert "folder /no/such/dir does not exist" in capsys.readouterr().err

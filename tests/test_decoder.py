@@ -207,3 +207,20 @@ def test_record_attention_rows_sum_to_one_and_match_uncached(tiny_llama):
     assert last.shape == (tiny_llama.n_heads, 1, n_prompt + 4)
     assert torch.allclose(last.sum(-1), torch.ones(tiny_llama.n_heads, 1))
     assert torch.allclose(last, uncached.attentions[4][1], atol=1e-6)
+
+
+def test_forward_refuses_bad_ids_and_mismatched_cache(tiny_gpt2):
+    with pytest.raises(ValueError, match="token ids must lie in 0..50256, got -1"):
+        forward(tiny_gpt2, [[-1, 3]])
+    with pytest.raises(ValueError, match="integer ids"):
+        forward(tiny_gpt2, [1.5, 2.0])
+    with pytest.raises(ValueError, match="batch of 3 sequences cannot use a cache made for "
+                                         "batch 1"):
+        forward(tiny_gpt2, [[1, 2]] * 3, KVCache.for_model(tiny_gpt2, 8))
+
+
+def test_batches_match_single_sequences(tiny_llama):
+    rows = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    batch = forward(tiny_llama, rows).logits
+    for i, row in enumerate(rows):
+        assert (batch[i] - forward(tiny_llama, row).logits[0]).abs().max() < 1e-5

@@ -64,7 +64,7 @@ def test_bad_prompts_get_clear_errors(tiny_gpt2, prompt, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(max_new_tokens=0), "max_new_tokens must be a positive integer, got 0"),
-    (dict(temperature=-1.0), "temperature must be a number >= 0"),
+    (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
     (dict(top_k=0), "top_k must be None or a positive integer"),
 ])
 def test_bad_options_get_clear_errors(tiny_gpt2, kwargs, message):
@@ -76,3 +76,45 @@ def test_hf_generate_restores_eager_attention(tiny_gpt2):
     result = kvlab.hf_generate(tiny_gpt2, "Hello world", 4)
     assert len(result.step_times_s) == len(result.new_ids) == 4
     assert tiny_gpt2.model.config._attn_implementation == "eager"
+
+
+def test_hf_reference_with_eos_inside_the_prompt(tiny_gpt2):
+    """transformers masks pad (= EOS) tokens unless told every prompt position is real."""
+    prompt = "Hello<|endoftext|>The cat sat"
+    assert tiny_gpt2.tokenizer.eos_token_id in gen.prompt_to_ids(tiny_gpt2, prompt)
+    ours = kvlab.generate(tiny_gpt2, prompt, 8, return_logits=True)
+    ref = kvlab.hf_generate(tiny_gpt2, prompt, 8, return_logits=True)
+    assert ours.new_ids == ref.new_ids
+    assert (ours.logits - ref.logits).abs().max() < 1e-4
+
+
+def test_hf_reference_ignores_the_checkpoints_generation_settings(tiny_llama):
+    config = tiny_llama.model.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size = 1.5, 2
+    try:
+        assert (kvlab.generate(tiny_llama, "The cat sat", 12).new_ids
+                == kvlab.hf_generate(tiny_llama, "The cat sat", 12).new_ids)
+        assert tiny_llama.model.generation_config.repetition_penalty == 1.5  # restored
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size = 1.0, 0
+
+
+def test_numpy_and_torch_inputs_are_accepted(tiny_gpt2):
+    import numpy as np
+    import torch
+
+    expected = kvlab.generate(tiny_gpt2, [1, 2, 3], 3).new_ids
+    assert kvlab.generate(tiny_gpt2, np.array([1, 2, 3]), np.int64(3)).new_ids == expected
+    assert kvlab.generate(tiny_gpt2, torch.tensor([[1, 2, 3]]), 3).new_ids == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+    (dict(temperature=True), "temperature must be a finite number >= 0"),
+    (dict(seed=None), "seed must be an integer"),
+    (dict(seed=1.5), "seed must be an integer"),
+])
+def test_bad_sampling_options_are_refused_by_both_loops(tiny_gpt2, kwargs, message):
+    for run in (kvlab.generate, kvlab.hf_generate):
+        with pytest.raises(ValueError, match=message):
+            run(tiny_gpt2, "hi", 3, **kwargs)

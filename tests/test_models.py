@@ -115,3 +115,41 @@ def test_prepare_to_folder_fills_it(tmp_path, monkeypatch):
     assert (name, ok) == ("random:tiny-gpt2", True) and message.startswith("ready")
     assert (tmp_path / "room" / "tokenizers" / "gpt2" / "vocab.json").exists()
     assert (tmp_path / "room" / "hub").is_dir()
+
+
+@pytest.mark.parametrize("option, value", [("scale_attn_by_inverse_layer_idx", True),
+                                           ("scale_attn_weights", False)])
+def test_gpt2_attention_scale_options_are_refused(tmp_path, tiny_gpt2, option, value):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gpt2", n_layer=1, n_head=2, n_embd=16, n_positions=32,
+                                  **{option: value})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tiny_gpt2.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(models.ModelError, match=f"sets {option}={value}"):
+        kvlab.load(str(tmp_path))
+
+
+def test_folder_errors_name_the_folder(tmp_path, tiny_gpt2):
+    with pytest.raises(models.ModelError, match="folder '/tmp/no/such/model' does not exist"):
+        kvlab.load("/tmp/no/such/model")
+    with pytest.raises(models.ModelError, match="has no config.json"):
+        kvlab.load(str(tmp_path))
+    tiny_gpt2.model.config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(models.ModelError, match="safetensors only, never pickled weights"):
+        kvlab.load(str(tmp_path))
+
+
+def test_folder_without_tokenizer_is_refused(tmp_path, tiny_gpt2):
+    tiny_gpt2.model.save_pretrained(tmp_path)
+    with pytest.raises(models.ModelError, match="could not be loaded|no usable tokenizer"):
+        kvlab.load(str(tmp_path))
+
+
+def test_kvlab_home_that_is_a_file(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("KVLAB_HOME", str(not_a_folder))
+    with pytest.raises(models.ModelError, match="KVLAB_HOME=.* is a file"):
+        models.gpt2_tokenizer_folder()
