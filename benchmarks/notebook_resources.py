@@ -28,7 +28,7 @@ from pathlib import Path
 import nbformat
 import psutil
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["smollm2-135m", "random:distilgpt2"]
@@ -64,6 +64,11 @@ class PeakMemory:
             except psutil.Error:
                 return
 
+    def now(self) -> str:
+        """Current and peak-so-far resident memory, for the progress lines."""
+        rss = self.process.memory_info().rss
+        return f"RSS {mib(rss)} MiB, peak so far {mib(max(self.sampled, rss))} MiB"
+
     def peak(self) -> int:
         self._stop.set()
         self._thread.join()
@@ -98,10 +103,13 @@ def run_notebook(path: Path, model: str, quick: bool, timeout_s: float) -> Run:
             start = time.perf_counter()
             try:
                 for index, cell in enumerate(notebook.cells):
-                    print(f"  {path.name} cell {index}", file=sys.stderr, flush=True)
                     client.execute_cell(cell, index)
+                    print(f"  {path.name} cell {index} done: {memory.now()}", file=sys.stderr,
+                          flush=True)
             except CellExecutionError as err:
                 error = str(err).strip().splitlines()[-1][:120]
+            except CellTimeoutError:
+                error = f"a cell ran past --timeout {timeout_s:.0f} s"
             seconds = time.perf_counter() - start
             peak = memory.peak()
     return Run(path.name, model, quick, seconds, peak, error)
