@@ -40,6 +40,8 @@ from .models import LoadedModel, available, load
 from .plots import cache_step_figure
 from .stepper import DecodeStepper
 
+LABEL_STYLE = {"description_width": "initial"}  # show a control's whole label, never cut
+
 
 def error_html(message: str) -> HTML:
     return HTML(f'<div style="color:#b00020;font-weight:600">{escape(message)}</div>')
@@ -392,7 +394,9 @@ class ModelView(_View):
                             "Pick a head with the sliders: it is outlined and opens large.")
         self.widget.children = [explorer.status, note,
                                 widgets.HBox([explorer.layer, explorer.head]),
-                                widgets.HBox([self.overview, self.large])]
+                                widgets.HBox([self.overview, self.large],  # side by side,
+                                             layout=widgets.Layout(  # each at its own size
+                                                 align_items="flex-start", flex_flow="row wrap"))]
 
     def new_maps(self) -> None:
         maps = self.maps
@@ -763,8 +767,8 @@ class CacheCalculator(widgets.VBox):
         self.preset = widgets.Dropdown(options=list(self.presets), value=preset,
                                        description="preset")
         self.n_layers = widgets.IntText(description="layers")
-        self.n_heads = widgets.IntText(description="query heads")
-        self.n_kv_heads = widgets.IntText(description="KV heads")
+        self.n_heads = widgets.IntText(description="query heads", style=LABEL_STYLE)
+        self.n_kv_heads = widgets.IntText(description="KV heads", style=LABEL_STYLE)
         self.head_dim = widgets.IntText(description="head_dim")
         self.context = widgets.IntText(value=context, description="context")
         self.batch = widgets.IntText(value=1, description="batch")
@@ -882,9 +886,11 @@ class BenchmarkPanel:
         self.model = widgets.Combobox(value=lm.name, options=_bench_model_names(lm.name),
                                       description="model", ensure_option=False)
         self.prompt_len = widgets.BoundedIntText(prompt_len or sizes["prompt_len"], min=1,
-                                                 max=1_000_000, description="prompt tokens")
+                                                 max=1_000_000, description="prompt tokens",
+                                                 style=LABEL_STYLE)
         self.new_tokens = widgets.BoundedIntText(new_tokens or sizes["new_tokens"], min=1,
-                                                 max=1_000_000, description="new tokens")
+                                                 max=1_000_000, description="new tokens",
+                                                 style=LABEL_STYLE)
         self.repeats = widgets.BoundedIntText(repeats or sizes["repeats"], min=1, max=50,
                                               description="repeats")
         self.mode_boxes = {mode: widgets.Checkbox(value=mode in modes, description=mode,
