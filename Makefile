@@ -37,7 +37,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 KVLAB_QUICK=1 KVLAB_MODEL=$${KVLAB_MODEL:-smollm2-135m} \
 		KVLAB_RESULTS=$(CURDIR)/build/test-results \
 		$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=600 -q -p no:cacheprovider
+		--nbval-cell-timeout=600 -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kvlab tests benchmarks
