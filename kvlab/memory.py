@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .bench import DTYPE_BYTES, PRESETS, ModelSpec, kv_cache_bytes, spec_cache_bytes
 from .cache import KVCache
-from .models import available, load
+from .models import available, load_once
 from .stepper import DecodeStepper
 
 
@@ -54,7 +54,7 @@ def other_family_model(lm, verbose: bool = True):
     here = {name for name, _, ok, _ in available() if ok}
     for name in wanted:
         if name in here:
-            return load(name, verbose=verbose)
+            return load_once(name, verbose=verbose)
     raise ValueError(f"no model of the other family is available here (tried "
                      f"{', '.join(wanted)}); see `python -m kvlab models`")
 

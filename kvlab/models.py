@@ -181,6 +181,26 @@ def load(name: str | None = None, *, verbose: bool = True) -> LoadedModel:
     return lm
 
 
+# Loaded models by name, so that a notebook's panels and helpers share one copy of each.
+_LOADED: dict[str, LoadedModel] = {}
+
+
+def load_once(name: str, *, verbose: bool = True) -> LoadedModel:
+    """`load(name)` the first time; the same LoadedModel every later time."""
+    if name not in _LOADED:
+        _LOADED[name] = load(name, verbose=verbose)
+    return _LOADED[name]
+
+
+def remember(lm: LoadedModel) -> LoadedModel:
+    """Keep an already loaded model, so that asking for its name again does not reload it."""
+    return _LOADED.setdefault(lm.name, lm)
+
+
+def loaded_names() -> list[str]:
+    return list(_LOADED)
+
+
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ModelError(f"model name must be a non-empty string, got {name!r}. "

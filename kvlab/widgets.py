@@ -36,7 +36,7 @@ from .attention import (
 )
 from .bench import DTYPE_BYTES, PRESETS, ModelSpec, spec_of
 from .memory import cache_size, dtype_bytes, human_bytes, reshaped
-from .models import LoadedModel, available, load
+from .models import LoadedModel, available, load, load_once, loaded_names, remember
 from .plots import cache_step_figure
 from .stepper import DecodeStepper
 
@@ -74,32 +74,22 @@ def output_text(output: widgets.Output) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models, loaded once per name
-
-_LOADED: dict[str, LoadedModel] = {}
-
-
-def remember(lm: LoadedModel) -> LoadedModel:
-    """Keep a loaded model so that picking it again in a panel does not reload it."""
-    _LOADED.setdefault(lm.name, lm)
-    return _LOADED[lm.name]
+# Models, loaded once per name (kvlab.models.load_once)
 
 
 def cached_model(name: str, output: widgets.Output | None = None) -> LoadedModel:
     """The model of that name, loaded on first use; its model line goes to `output`."""
-    if name not in _LOADED:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            lm = load(name)
-        if output is not None:
-            output.append_stdout(printed.getvalue())
-        _LOADED[name] = lm
-    return _LOADED[name]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        lm = load_once(name)
+    if output is not None and printed.getvalue():
+        output.append_stdout(printed.getvalue())
+    return lm
 
 
 def model_choices(current: str) -> list[str]:
     """Names a panel may offer: the current model, loaded ones, and those available here."""
-    names = [current, *_LOADED]
+    names = [current, *loaded_names()]
     names += [name for name, _kind, here, _note in available() if here]
     return list(dict.fromkeys(names))
 
